@@ -1,0 +1,286 @@
+"""Meaning-level tests of simfle.py on CPU (tiny preset unless said otherwise)."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from simfle import (SimFLE, SimFLEConfig, channel_similarity, grouping_loss, keep_top_patches,
+                    patchify, semantic_patch_scores, unpatchify)
+
+
+def tiny(**kw):
+    return SimFLEConfig.preset("tiny", **kw)
+
+
+def batch(cfg, B=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    origin = torch.randn(B, 3, cfg.origin_size, cfg.origin_size, generator=g)
+    v1 = torch.randn(B, 3, cfg.view_size, cfg.view_size, generator=g)
+    v2 = torch.randn(B, 3, cfg.view_size, cfg.view_size, generator=g)
+    return origin, v1, v2
+
+
+def grad_norm(module):
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return sum(float(g.abs().sum()) for g in grads)
+
+
+def test_paper_parameter_counts():
+    model = SimFLE(SimFLEConfig())
+    total = sum(p.numel() for p in model.parameters())
+    trunk = sum(p.numel() for p in model.trunk().parameters())
+    target = sum(p.numel() for m in (model.target_backbone, model.target_projector) for p in m.parameters())
+    print(f"SimFLE paper preset: {total / 1e6:.2f} M parameters, trunk {trunk / 1e6:.2f} M, EMA target {target / 1e6:.2f} M")
+    assert abs(total / 197.6e6 - 1) < 0.005
+    assert abs(trunk / 23.5e6 - 1) < 0.005
+    assert abs(target / 33.0e6 - 1) < 0.005
+
+
+def test_presets_and_validation():
+    assert SimFLEConfig.preset("paper") == SimFLEConfig()
+    cfg = tiny()
+    assert cfg.num_patches == 49 and cfg.num_visible == 12  # tiny keeps the paper's masking geometry
+    with torch.no_grad():
+        fmap = SimFLE(cfg).trunk().feature_map(torch.zeros(1, 3, cfg.origin_size, cfg.origin_size))
+    assert fmap.shape[-2:] == (4, 4)  # semantic masking has at least a 4×4 map
+    for bad in (dict(mask_ratio=1.0), dict(mask_ratio=0.0), dict(groups=30), dict(gfl="moco"),
+                dict(masking="grid"), dict(backbone="vgg")):
+        with pytest.raises(ValueError):
+            tiny(**bad)
+    with pytest.raises(ValueError):
+        SimFLEConfig.preset("huge")
+
+
+@pytest.mark.parametrize("masking", ["semantic", "random"])
+def test_mask_counts_and_visible_patches(masking):
+    torch.manual_seed(0)
+    cfg = tiny(masking=masking)
+    model = SimFLE(cfg)
+    origin = batch(cfg, B=6)[0]
+    out = model.ffl(origin)
+    mask = out["mask"]
+    assert mask.shape == (6, 49)
+    assert (mask.sum(1) == 49 - 12).all()  # exactly int(49·0.25) = 12 visible per image
+    # the visible patches are exactly the 12 highest-scoring patches of the chosen group's upsampled map,
+    # recomputed here independently: sum the group's channels, upsample, average each 16×16 patch
+    B, C, h, w = out["attn"].shape
+    groups = out["attn"].reshape(B, cfg.groups, C // cfg.groups, h, w).sum(2)
+    chosen_map = groups[torch.arange(B), out["chosen"]][:, None]
+    up = F.interpolate(chosen_map, size=(112, 112), mode="bilinear", align_corners=False)
+    patch_means = up.unfold(2, 16, 16).unfold(3, 16, 16).mean((-1, -2)).flatten(1)  # (B,49)
+    top = patch_means.topk(12, dim=1).indices
+    semantic_visible = torch.zeros(B, 49).scatter_(1, top, 1.0)
+    visible = 1 - mask
+    if masking == "semantic":
+        assert torch.equal(visible, semantic_visible)
+    else:
+        assert not torch.equal(visible, semantic_visible)
+
+
+def test_keep_top_patches_bookkeeping():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
+    ids_keep, mask, ids_restore = keep_top_patches(scores, 2)
+    assert sorted(ids_keep[0].tolist()) == [1, 3]
+    assert mask.tolist() == [[1, 0, 1, 0]]
+    shuffled = torch.gather(scores, 1, scores.argsort(1, descending=True))
+    assert torch.equal(torch.gather(shuffled, 1, ids_restore), scores)
+
+
+def test_semantic_scores_follow_the_map():
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[0, 1, 0, 3] = 1.0  # group 1 fires top-right
+    scores = semantic_patch_scores(maps, torch.tensor([1]), 112, 16)
+    assert scores.shape == (1, 49)
+    assert scores[0].argmax().item() == 6  # top-right patch of the 7×7 grid
+
+
+def test_patchify_round_trip():
+    x = torch.randn(2, 3, 112, 112)
+    p = patchify(x, 16)
+    assert p.shape == (2, 49, 768)
+    assert torch.equal(p[0, 1], x[0, :, 0:16, 16:32].permute(1, 2, 0).reshape(-1))
+    assert torch.equal(unpatchify(p, 16), x)
+
+
+def test_grouping_loss_by_hand():
+    # ideal block-diagonal similarity -> zero loss
+    C, G = 8, 2
+    ideal = torch.block_diag(torch.ones(4, 4), torch.ones(4, 4))
+    assert grouping_loss(ideal, G).item() == 0.0
+    # by hand: S = [[1, .5], [.5, 1]], G = 2 -> T = I, Σ(S−T)² = 0.5, l_g = 0.001·0.5/(2/512)² = 32.768
+    S = torch.tensor([[1.0, 0.5], [0.5, 1.0]])
+    assert grouping_loss(S, 2).item() == pytest.approx(32.768, rel=1e-6)
+    # channel similarity by hand: maps [3,4] and [4,3] (after the +0.001) -> cos = 0.96
+    A = torch.tensor([[[[3.0, 4.0]], [[4.0, 3.0]]]]) - 0.001  # (B=1, C=2, h=1, w=2)
+    assert torch.allclose(channel_similarity(A), torch.tensor([[1.0, 0.96], [0.96, 1.0]]), atol=1e-6)
+
+
+def test_loss_parts_and_gradient_flow():
+    torch.manual_seed(0)
+    cfg = tiny()
+    origin, v1, v2 = batch(cfg)
+
+    def grads(**weights):
+        model = SimFLE(tiny(**weights))
+        model.load_state_dict(reference.state_dict())
+        torch.manual_seed(1)
+        loss, parts = model(origin, v1, v2)
+        loss.backward()
+        return model, parts
+
+    reference = SimFLE(cfg)
+    none = dict(sim_weight=0.0, recon_weight=0.0, alpha=0.0, beta=0.0)
+    # reconstruction alone: FaceMAE learns, the backbone and the grouping layer get nothing
+    m, parts = grads(**{**none, "recon_weight": 1.0})
+    assert set(parts) >= {"similarity", "reconstruction", "distillation", "grouping"}
+    assert all(not v.requires_grad for v in parts.values())
+    assert grad_norm(m.facemae.decoder) > 0
+    assert grad_norm(m.backbone) == 0 and grad_norm(m.grouping) == 0
+    # grouping alone: only the grouping layer learns
+    m, _ = grads(**{**none, "beta": 1.0})
+    assert grad_norm(m.grouping) > 0
+    assert grad_norm(m.backbone) == 0 and grad_norm(m.facemae) == 0
+    # distillation: the only path from FaceMAE into the backbone; never into the grouping layer
+    m, _ = grads(**{**none, "alpha": 1.0})
+    assert grad_norm(m.backbone) > 0 and grad_norm(m.facemae.encoder) > 0
+    assert grad_norm(m.grouping) == 0 and grad_norm(m.facemae.decoder) == 0
+    # similarity: backbone and heads, never the target
+    m, _ = grads(**{**none, "sim_weight": 1.0})
+    assert grad_norm(m.backbone) > 0 and grad_norm(m.predictor) > 0
+    assert all(p.grad is None and not p.requires_grad for p in m.target_backbone.parameters())
+    # the full loss gives the grouping layer exactly β times the grouping loss's gradient
+    full, _ = grads()
+    only, _ = grads(**{**none, "beta": cfg.beta})
+    for a, b in zip(full.grouping.parameters(), only.grouping.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_distillation_target_is_detached():
+    torch.manual_seed(0)
+    cfg = tiny(sim_weight=0.0, recon_weight=0.0, beta=0.0, alpha=1.0)
+    model = SimFLE(cfg)
+    outputs = {}
+    for name in ("distill_gfl", "distill_ffl"):
+        def keep(module, inputs, out, name=name):
+            out.retain_grad()
+            outputs[name] = out
+        getattr(model, name).register_forward_hook(keep)
+    loss, _ = model(*batch(cfg))
+    loss.backward()
+    u1, u2 = outputs["distill_gfl"].chunk(2)
+    v = outputs["distill_ffl"]
+    T, B = cfg.kd_temperature, v.shape[0]
+    t = (u1 + u2 + v) / 3
+    # with t a constant, d KD(w, t) / dw = T·(softmax(w/T) − softmax(t/T)) / B; extra terms would mean t is not detached
+    expected_v = T * (F.softmax(v / T, 1) - F.softmax(t / T, 1)) / B
+    expected_u = T * (F.softmax(torch.cat([u1, u2]) / T, 1) - F.softmax(torch.cat([t, t]) / T, 1)) / B
+    assert torch.allclose(v.grad, expected_v, atol=1e-6)
+    assert torch.allclose(outputs["distill_gfl"].grad, expected_u, atol=1e-6)
+
+
+def test_update_target_is_exact_ema():
+    torch.manual_seed(0)
+    model = SimFLE(tiny())
+    with torch.no_grad():
+        for p in list(model.backbone.parameters()) + list(model.projector.parameters()):
+            p.add_(torch.randn_like(p))
+    online = [p.detach().clone() for m in (model.backbone, model.projector) for p in m.parameters()]
+    before = [p.detach().clone() for m in (model.target_backbone, model.target_projector) for p in m.parameters()]
+    model.update_target()
+    after = [p for m in (model.target_backbone, model.target_projector) for p in m.parameters()]
+    for o, b, a in zip(online, before, after):
+        assert torch.allclose(a, 0.99 * b + 0.01 * o, rtol=0, atol=1e-6)
+        assert not a.requires_grad
+    assert not torch.equal(after[0], before[0])
+    # no target for the methods without one
+    SimFLE(tiny(gfl="simclr")).update_target()
+
+
+@pytest.mark.parametrize("gfl", ["byol", "simclr", "barlow"])
+@pytest.mark.parametrize("use_facemae", [True, False])
+def test_each_gfl_method(gfl, use_facemae):
+    torch.manual_seed(0)
+    cfg = tiny(gfl=gfl, use_facemae=use_facemae)
+    model = SimFLE(cfg)
+    loss, parts = model(*batch(cfg))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert grad_norm(model.backbone) > 0 and grad_norm(model.projector) > 0
+    assert (model.predictor is not None) == (gfl == "byol")
+    assert (model.target_backbone is not None) == (gfl == "byol")
+    if not use_facemae:
+        assert not hasattr(model, "facemae")
+        assert parts["reconstruction"] == 0 and parts["distillation"] == 0
+        assert torch.allclose(parts["total"], parts["similarity"])
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = SimFLE(cfg)
+    data = batch(cfg, B=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    losses, parts_seen = [], []
+    for _ in range(40):
+        loss, parts = model(*data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target()
+        losses.append(loss.item())
+        parts_seen.append(parts)
+    assert losses[-1] < losses[0]
+    first, last = parts_seen[0], parts_seen[-1]
+    assert last["reconstruction"] < first["reconstruction"]
+    assert last["similarity"] < first["similarity"]
+
+
+def test_seeded_forward_is_reproducible():
+    cfg = tiny()
+    results = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = SimFLE(cfg)
+        loss, parts = model(*batch(cfg))
+        results.append((loss.item(), parts["reconstruction"].item(), model.ffl(batch(cfg)[0])["chosen"].tolist()))
+    assert results[0] == results[1]
+
+
+def test_trunk_loads_into_torchvision():
+    model = SimFLE(tiny())
+    net = torchvision.models.resnet18()
+    missing, unexpected = net.load_state_dict(model.trunk().state_dict(), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    x = torch.randn(2, 3, 64, 64)
+    model.eval(), net.eval()
+    net.fc = torch.nn.Identity()
+    assert torch.allclose(model.trunk()(x), net(x), atol=1e-5)
+    assert model.trunk().feature_map(x).shape == (2, 512, 2, 2)
+
+
+def test_inspect_uses_training_path():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = SimFLE(cfg)
+    origin = batch(cfg)[0]
+    torch.manual_seed(5)
+    info = model.inspect(origin)
+    torch.manual_seed(5)
+    train_path = model.ffl(origin)
+    assert torch.equal(info["mask"], train_path["mask"]) and torch.equal(info["chosen"], train_path["chosen"])
+    assert info["maps"].shape == (4, cfg.groups, 4, 4)
+    assert info["reconstruction"].shape == origin.shape
+    # visible patches of the reconstruction are the original pixels
+    vis = (1 - info["mask"])[..., None].bool().expand(-1, -1, 768)
+    assert torch.allclose(patchify(info["reconstruction"], 16)[vis], patchify(origin, 16)[vis])
+
+
+@pytest.mark.slow
+def test_paper_preset_forward_backward_cpu():
+    torch.manual_seed(0)
+    cfg = SimFLEConfig()
+    model = SimFLE(cfg)
+    loss, parts = model(*batch(cfg, B=2))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert grad_norm(model.backbone) > 0 and grad_norm(model.facemae.encoder) > 0
