@@ -25,7 +25,7 @@ import torchvision
 
 
 class MLPHead(nn.Sequential):
-    """Projector / predictor / D-projector MLP: Linear → BN → ReLU → Linear (BYOL, paper §3.2)."""
+    """Projector / predictor / D-projector MLP: Linear → BN → ReLU → Linear (GFL, as in BYOL)."""
 
     def __init__(self, dim_in, hidden, dim_out):
         super().__init__(nn.Linear(dim_in, hidden), nn.BatchNorm1d(hidden),
@@ -57,7 +57,7 @@ class Backbone(nn.Module):
 
 
 class ChannelGrouping(nn.Module):
-    """Channel grouping layer of semantic masking (paper §3.3, from DBTNet): A = ReLU(BN(Conv1x1(F)))."""
+    """Channel grouping layer of semantic masking (from DBTNet): A = ReLU(BN(Conv1x1(F)))."""
 
     def __init__(self, channels):
         super().__init__()
@@ -94,7 +94,7 @@ def group_maps(attn, groups):
 
 
 def semantic_patch_scores(maps, chosen, image_size, patch_size):
-    """Score patches by one group's attention (paper §3.3): upsample the map to the image, mean per patch.
+    """Score patches by one group's attention (semantic masking): upsample the map to the image, mean per patch.
 
     maps (B,G,h,w), chosen (B,) group index per image -> scores (B,N).
     """
@@ -153,7 +153,7 @@ def transformer(dim, depth, heads, mlp_ratio):
 
 
 class FaceMAE(nn.Module):
-    """FaceMAE (paper §3.3): a ViT masked autoencoder on the origin image; the visible patches are given."""
+    """FaceMAE (the FFL branch): a ViT masked autoencoder on the origin image; the visible patches are given."""
 
     def __init__(self, img_size, patch, dim, depth, heads, dec_dim, dec_depth, dec_heads, mlp_ratio):
         super().__init__()
@@ -238,7 +238,7 @@ def barlow_loss(z1, z2, lam):
 
 
 def distillation_loss(w, t, temperature):
-    """KD(w, t) = T²·KL(softmax(t/T) ‖ softmax(w/T)), batch mean (paper §3.4)."""
+    """KD(w, t) = T²·KL(softmax(t/T) ‖ softmax(w/T)), batch mean (distillation)."""
     return F.kl_div(F.log_softmax(w.float() / temperature, dim=1), F.softmax(t.float() / temperature, dim=1),
                     reduction="batchmean") * temperature ** 2
 
@@ -387,7 +387,7 @@ class SimFLE(nn.Module):
         c = self.config
         with torch.no_grad():
             # Reference quirk, kept: the backbone runs in train mode here, so this no-grad pass
-            # still updates BatchNorm running statistics. No gradient reaches the backbone (paper §3.3).
+            # still updates BatchNorm running statistics. No gradient reaches the backbone from FFL.
             fmap = self.backbone.feature_map(origin)  # (B,C,h,w)
         attn = self.grouping(fmap)  # (B,C,h,w); trained only by the grouping loss
         maps = group_maps(attn.detach(), c.groups)  # (B,G,h,w)
@@ -419,7 +419,7 @@ class SimFLE(nn.Module):
             recon, group = out["reconstruction"], out["grouping"]
             u1, u2 = self.distill_gfl(feats).chunk(2)  # (B,d) each
             v = self.distill_ffl(out["latent"][:, 1:].mean(1))  # mean of encoder tokens, CLS excluded -> (B,d)
-            t = ((u1 + u2 + v) / 3).detach()  # shared target, stop-gradient (paper §3.4)
+            t = ((u1 + u2 + v) / 3).detach()  # shared target, stop-gradient
             T = c.kd_temperature
             dist = distillation_loss(u1, t, T) + distillation_loss(u2, t, T) + distillation_loss(v, t, T)
         loss = c.sim_weight * sim + c.recon_weight * recon + c.alpha * dist + c.beta * group

@@ -1,0 +1,408 @@
+"""
+Evaluate a pretrained SimFLE trunk, rebuilt from the checkpoint alone (no model flags).
+
+    python eval.py --ckpt runs/rafdb-paper/last.pt --data rafdb      # linear probe, the paper's protocol
+    python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks  # landmark probe (NME)
+    python eval.py --ckpt random --preset tiny                        # the randomly initialised baseline
+    python eval.py --ckpt runs/rafdb-paper/last.pt --predict face1.jpg face2.jpg
+
+Modes: linear (default; frozen trunk, BatchNorm in eval mode), knn, finetune (whole network),
+landmarks (linear regression from the frozen last feature map to landmark coordinates).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import data
+from simfle import Backbone, SimFLEConfig
+from train import CheckpointError, embed, knn_predict, load_checkpoint, pick_device, run_cli
+
+PROBE_FORMAT = "simfle-probe-v1"
+
+
+# ----------------------------------------------------------------------------- the trunk
+
+
+def load_trunk(ckpt, preset="tiny"):
+    """Trunk + its config from a train.py checkpoint, or a random one: -> (Backbone, SimFLEConfig, name)."""
+    if ckpt == "random":
+        cfg = SimFLEConfig.preset(preset)
+        return Backbone(cfg.backbone), cfg, f"random {cfg.backbone}"
+    state = load_checkpoint(ckpt)
+    cfg = state["config_obj"]
+    trunk = Backbone(cfg.backbone)
+    weights = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    try:
+        trunk.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt}: its trunk does not match its own config ({cfg.backbone}): "
+                              f"{str(e).splitlines()[0]}") from None
+    return trunk, cfg, ckpt
+
+
+def loader(dataset, batch_size, workers, shuffle=False, seed=0):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=data.collate,
+                      generator=torch.Generator().manual_seed(seed), drop_last=False)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def classification_report(pred, target, classes):
+    """Accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true class)."""
+    K = len(classes)
+    confusion = torch.zeros(K, K, dtype=torch.long)
+    confusion.index_put_((target, pred), torch.ones_like(target), accumulate=True)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp(min=1).float()
+    present = confusion.sum(1) > 0
+    return {"accuracy": (pred == target).float().mean().item(),
+            "mean_class_accuracy": per_class[present].mean().item(),
+            "per_class_accuracy": {c: per_class[i].item() for i, c in enumerate(classes)},
+            "confusion": confusion.tolist()}
+
+
+def confusion_text(confusion, classes):
+    w = max(8, max(len(c) for c in classes) + 1)
+    lines = ["true \\ predicted".ljust(w) + "".join(c[:7].rjust(8) for c in classes)]
+    lines += [c.ljust(w) + "".join(str(v).rjust(8) for v in row) for c, row in zip(classes, confusion)]
+    return "\n".join(lines)
+
+
+def save_confusion_png(confusion, classes, path, title):
+    """A picture of the confusion matrix, when matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    m = torch.tensor(confusion, dtype=torch.float)
+    m = m / m.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 0.8 + 0.7 * len(classes)))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if m[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_size=1024, lr=None,
+                 features="augmented", workers=0, seed=0):
+    """The paper's linear probe: frozen trunk (BN in eval mode), Linear(C, K) ~ N(0, 0.01), SGD momentum 0.9,
+    no weight decay, constant lr 0.5 x batch / 256, cross-entropy, RandomResizedCrop + flip for training.
+
+    features="cached" trains on the features of the un-augmented training images, computed once: much faster,
+    but not the paper's protocol (say so when reporting). Returns the report dict and the trained head.
+    """
+    torch.manual_seed(seed)
+    trunk = trunk.to(device).eval().requires_grad_(False)
+    classes = test_base.classes
+    batch_size = min(batch_size, len(train_base))
+    lr = lr if lr is not None else 0.5 * batch_size / 256
+    head = nn.Linear(trunk.dim, len(classes)).to(device)
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    test_x, test_y = embed(trunk, loader(data.ProbeView(test_base, size, train=False), 256, workers), device)
+    if features == "cached":
+        cached_x, cached_y = embed(trunk, loader(data.ProbeView(train_base, size, train=False), 256, workers), device)
+    else:
+        train_view = data.ProbeView(train_base, size, train=True, seed=seed)
+    history = []
+    for epoch in tqdm(range(epochs), desc=f"linear probe ({features})", dynamic_ncols=True):
+        if features == "cached":
+            order = torch.randperm(len(cached_x), generator=torch.Generator().manual_seed(seed + epoch))
+            batches = ((cached_x[i].to(device), cached_y[i].to(device)) for i in order.split(batch_size))
+        else:
+            train_view.set_epoch(epoch)
+            batches = ((trunk(x).float(), y) for x, y, _ in
+                       (data.probe_batch(b, device) for b, _ in loader(train_view, batch_size, workers, True, seed + epoch)
+                        if b is not None))
+        for x, y in batches:
+            loss = F.cross_entropy(head(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            history.append((head(test_x.to(device)).argmax(1).cpu() == test_y).float().mean().item())
+    with torch.no_grad():
+        pred = head(test_x.to(device)).argmax(1).cpu()
+    report = classification_report(pred, test_y, classes)
+    best = max(range(epochs), key=lambda i: history[i])
+    report.update({"mode": "linear", "features": features, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                   "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best], "best_epoch": best + 1,
+                   "history": history})
+    return report, head.cpu()
+
+
+def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
+    """Weighted k-NN on frozen pooled features (cosine similarity, k = 20)."""
+    trunk = trunk.to(device).eval()
+    (tx, ty), (vx, vy) = (embed(trunk, loader(data.ProbeView(b, size, train=False), 256, workers), device)
+                          for b in (train_base, test_base))
+    report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy, test_base.classes)
+    report.update({"mode": "knn", "k": k})
+    return report
+
+
+def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None, workers=0, seed=0):
+    """Fine-tune the whole network + a linear head: SGD momentum 0.9, wd 1e-4, cosine lr, RRC + flip."""
+    torch.manual_seed(seed)
+    classes = test_base.classes
+    batch_size = min(batch_size, len(train_base))
+    lr = lr if lr is not None else 0.01 * batch_size / 256
+    model = nn.Sequential(trunk, nn.Linear(trunk.dim, len(classes))).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    train_view = data.ProbeView(train_base, size, train=True, seed=seed)
+    test_loader = loader(data.ProbeView(test_base, size, train=False), 256, workers)
+    history = []
+    for epoch in tqdm(range(epochs), desc="fine-tune", dynamic_ncols=True):
+        model.train()
+        train_view.set_epoch(epoch)
+        for b, _ in loader(train_view, batch_size, workers, True, seed + epoch):
+            if b is None:
+                continue
+            x, y, _ = data.probe_batch(b, device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        model.eval()
+        logits, y = embed(model, test_loader, device)
+        history.append((logits.argmax(1) == y).float().mean().item())
+    report = classification_report(logits.argmax(1), y, classes)
+    best = max(range(epochs), key=lambda i: history[i])
+    report.update({"mode": "finetune", "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                   "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best], "best_epoch": best + 1,
+                   "history": history})
+    return report
+
+
+@torch.no_grad()
+def feature_maps(trunk, dataset, size, device, workers=0):
+    """Flattened last feature maps and [0,1] landmarks: -> (n, C·h·w), (n, L, 2)."""
+    feats, marks = [], []
+    for b, _ in loader(data.ProbeView(dataset, size, train=False), 128, workers):
+        if b is None:
+            continue
+        x, _, lm = data.probe_batch(b, device)
+        feats.append(trunk.feature_map(x).flatten(1).float().cpu())
+        marks.append(lm.float().cpu())
+    return torch.cat(feats), torch.cat(marks)
+
+
+def ridge(x, y, lam):
+    """Closed-form ridge regression with a bias, in whichever of primal / dual form is smaller."""
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = (x - mx).double(), (y - my).double()
+    if xc.shape[0] < xc.shape[1]:  # dual: W = Xᵀ (X Xᵀ + λI)⁻¹ Y
+        w = xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(len(xc), dtype=xc.dtype), yc)
+    else:
+        w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(xc.shape[1], dtype=xc.dtype), xc.T @ yc)
+    w = w.float()
+    return lambda z: (z - mx) @ w + my
+
+
+def nme(pred, target, eye_idx):
+    """Normalised mean error: mean landmark distance over the inter-ocular distance, per image, averaged."""
+    err = (pred - target).norm(dim=-1).mean(-1)  # (n,)
+    iod = (target[:, eye_idx[0]] - target[:, eye_idx[1]]).norm(dim=-1).clamp(min=1e-6)
+    return (err / iod).mean().item()
+
+
+def landmark_probe(trunk, train_base, test_base, size, device, workers=0, max_train=20000, seed=0):
+    """Landmark probe: ridge regression from the frozen trunk's last feature map to landmark coordinates.
+
+    The ridge strength is chosen on 10 % of the training split (never on the test split); NME on the test split.
+    """
+    if not train_base.num_landmarks:
+        raise data.DatasetError(f"--mode landmarks needs a dataset with landmarks (synthetic, affectnet7/8); "
+                                f"{train_base.name} has none")
+    trunk = trunk.to(device).eval()
+    if len(train_base) > max_train:
+        train_base = torch.utils.data.Subset(train_base, torch.randperm(len(train_base), generator=torch.Generator()
+                                                                        .manual_seed(seed))[:max_train].tolist())
+    x, y = feature_maps(trunk, train_base, size, device, workers)
+    tx, ty = feature_maps(trunk, test_base, size, device, workers)
+    n_val = max(1, len(x) // 10)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, fit = perm[:n_val], perm[n_val:]
+    scale = x.pow(2).sum(1).mean().item()  # λ relative to the feature energy
+    scores = {}
+    for lam in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
+        f = ridge(x[fit], y[fit].flatten(1), lam * scale)
+        scores[lam] = nme(f(x[val]).view_as(y[val]), y[val], test_base.eye_idx)
+    lam = min(scores, key=scores.get)
+    f = ridge(x, y.flatten(1), lam * scale)
+    mean_shape = y.mean(0, keepdim=True).expand_as(ty)
+    return {"mode": "landmarks", "nme": nme(f(tx).view_as(ty), ty, test_base.eye_idx),
+            "nme_mean_shape": nme(mean_shape, ty, test_base.eye_idx), "ridge_lambda": lam, "val_nme": scores,
+            "num_landmarks": test_base.num_landmarks, "feature_dim": x.shape[1], "image_size": size}
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def print_report(r, classes, title):
+    print(f"\n== {title}")
+    if r["mode"] == "landmarks":
+        print(f"landmark NME (inter-ocular): {100 * r['nme']:.2f} %   (mean-shape baseline: "
+              f"{100 * r['nme_mean_shape']:.2f} %)   ridge lambda {r['ridge_lambda']:g} chosen on a train hold-out")
+        return
+    if "last_epoch_accuracy" in r:
+        print(f"accuracy, last epoch:  {100 * r['last_epoch_accuracy']:.2f} %")
+        print(f"accuracy, best epoch:  {100 * r['best_epoch_accuracy']:.2f} % (epoch {r['best_epoch']}; chosen on the "
+              f"test split as the reference code did: optimistic)")
+    else:
+        print(f"accuracy: {100 * r['accuracy']:.2f} %")
+    print(f"mean class accuracy:   {100 * r['mean_class_accuracy']:.2f} %")
+    print("per class: " + ", ".join(f"{c} {100 * a:.1f}" for c, a in r["per_class_accuracy"].items()))
+    print(confusion_text(r["confusion"], classes))
+
+
+def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0):
+    """After pretraining: linear probe (cached features) of the trained trunk and of a random trunk, side by side."""
+    train_base = data.get_dataset(data_name, root, "train", seed=seed)
+    test_base = data.get_dataset(data_name, root, "test", seed=seed)
+    trained, cfg, _ = load_trunk(ckpt)
+    torch.manual_seed(seed)
+    random_trunk = Backbone(cfg.backbone)
+    results = {}
+    for name, trunk in (("pretrained", trained), ("random", random_trunk)):
+        results[name], _ = linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=epochs,
+                                        features="cached", workers=workers, seed=seed)
+    chance = 1 / len(test_base.classes)
+    print(f"\nlinear probe on {data_name} test ({len(test_base)} images, {epochs} epochs, cached features):")
+    for name, r in results.items():
+        print(f"  {name:10s} trunk: {100 * r['last_epoch_accuracy']:.2f} % (last epoch), "
+              f"mean class {100 * r['mean_class_accuracy']:.2f} %")
+    print(f"  chance: {100 * chance:.2f} %")
+    with open(os.path.join(os.path.dirname(ckpt), f"probe_vs_random_{data_name}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def predict(ckpt, images, device):
+    """Expression probabilities for image files, with the probe head a linear-probe run saved."""
+    path = os.path.join(os.path.dirname(ckpt), "probe_head.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no probe head at {path}: run a linear probe first "
+                              f"(python eval.py --ckpt {ckpt} --data <dataset>)")
+    head_state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(head_state, dict) or head_state.get("format") != PROBE_FORMAT:
+        raise CheckpointError(f"{path} is not a probe head saved by eval.py")
+    trunk, _, _ = load_trunk(ckpt)
+    head = nn.Linear(trunk.dim, len(head_state["classes"]))
+    head.load_state_dict({"weight": head_state["weight"], "bias": head_state["bias"]})
+    trunk, head = trunk.to(device).eval(), head.to(device)
+    size = head_state["size"]
+    for image_path in images:
+        try:
+            img = data.read_image(image_path)
+        except data.BadImageError as e:
+            print(f"{image_path}: skipped ({e})", file=sys.stderr)
+            continue
+        x = data.normalize(F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                         align_corners=False).round().clamp(0, 255).to(torch.uint8)).to(device)
+        with torch.no_grad():
+            probs = F.softmax(head(trunk(x)), dim=1)[0].cpu()
+        order = probs.argsort(descending=True)
+        print(f"{image_path}: {head_state['classes'][order[0]]} ("
+              + ", ".join(f"{head_state['classes'][i]} {probs[i]:.2f}" for i in order) + ")")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a SimFLE trunk.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (last.pt), or 'random'")
+    p.add_argument("--data", default=None, choices=list(data.DATASETS), help="default: the checkpoint's dataset")
+    p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
+    p.add_argument("--mode", default="linear", choices=["linear", "knn", "finetune", "landmarks"])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="backbone of --ckpt random")
+    p.add_argument("--epochs", type=int, default=100, help="linear probe / fine-tuning epochs (paper: 100)")
+    p.add_argument("--batch-size", type=int, default=1024, help="paper: 1024 for the linear probe")
+    p.add_argument("--lr", type=float, default=None, help="default: 0.5 x batch/256 (linear), 0.01 x batch/256 (finetune)")
+    p.add_argument("--features", default="augmented", choices=["augmented", "cached"],
+                   help="linear probe: augmented = paper protocol; cached = un-augmented features, computed once")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
+    p.add_argument("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    device = pick_device(args.device)
+    if args.predict:
+        if args.ckpt == "random":
+            p.error("--predict needs a trained checkpoint")
+        predict(args.ckpt, args.predict, device)
+        return 0
+    trunk, cfg, name = load_trunk(args.ckpt, args.preset)
+    if args.data is None:
+        args.data = "synthetic" if args.ckpt == "random" else load_checkpoint(args.ckpt).get("data", "synthetic")
+    out = args.out or (os.path.dirname(os.path.abspath(args.ckpt)) if args.ckpt != "random"
+                       else os.path.join("runs", f"random-{args.preset}"))
+    os.makedirs(out, exist_ok=True)
+    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed)
+    test_base = data.get_dataset(args.data, args.root, "test", seed=args.seed)
+    if not test_base.classes:
+        raise data.DatasetError(f"{args.data} has no labels to evaluate with")
+    classes = test_base.classes
+    print(f"{name}: {cfg.backbone}; {args.data}: {len(train_base)} train / {len(test_base)} test images, "
+          f"{len(classes)} classes ({', '.join(classes)}); device {device}")
+    t0 = time.time()
+    if args.mode == "linear":
+        report, head = linear_probe(trunk, train_base, test_base, cfg.view_size, device, args.epochs, args.batch_size,
+                                    args.lr, args.features, args.workers, args.seed)
+        if args.ckpt != "random":
+            torch.save({"format": PROBE_FORMAT, "weight": head.weight.detach(), "bias": head.bias.detach(),
+                        "classes": classes, "size": cfg.view_size, "data": args.data}, os.path.join(out, "probe_head.pt"))
+    elif args.mode == "knn":
+        report = knn_eval(trunk, train_base, test_base, cfg.view_size, device, workers=args.workers)
+    elif args.mode == "finetune":
+        report = finetune(trunk, train_base, test_base, cfg.view_size, device, args.epochs, min(args.batch_size, 256),
+                          args.lr, args.workers, args.seed)
+    else:
+        report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers, seed=args.seed)
+    report.update({"checkpoint": args.ckpt, "data": args.data, "classes": classes, "seconds": time.time() - t0})
+    print_report(report, classes, f"{args.mode} evaluation of {name} on {args.data}")
+    stem = os.path.join(out, f"eval_{args.mode}_{args.data}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    if "confusion" in report and save_confusion_png(report["confusion"], classes, stem + "_confusion.png",
+                                                    f"{args.mode} probe, {args.data}"):
+        print(f"wrote {stem}.json and {stem}_confusion.png")
+    else:
+        print(f"wrote {stem}.json")
+    return 0
+
+
+def cli(argv=None):
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

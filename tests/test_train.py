@@ -1,0 +1,210 @@
+"""train.py / eval.py end to end on CPU: options, checkpoints, resume, interrupts, bad input, DDP."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torchvision
+
+import eval as evaluate
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the smallest run that still exercises every piece: 16 synthetic faces, batch 8, 2 steps an epoch
+QUICK = ["--preset", "tiny", "--num-synthetic", "16", "--batch-size", "8", "--knn-samples", "16",
+         "--probe", "false", "--device", "cpu", "--workers", "0"]
+
+
+def run_script(*args, timeout=300, **kw):
+    """Run a project script in a fresh process, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("bad", [["--no-such-option"], ["--mask-ratio", "1.0"], ["--mask-ratio", "0"],
+                                 ["--groups", "30"], ["--epochs", "0"], ["--batch-size", "-1"],
+                                 ["--gfl", "moco"], ["--data", "imagenet"]])
+def test_impossible_options_are_argparse_errors(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(bad)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_defaults_follow_the_paper():
+    args = train.parse_args(["--data", "rafdb"])
+    assert args.preset == "paper" and args.batch_size == 256 and args.epochs == 100
+    assert args.lr == pytest.approx(0.05)  # 0.05 x 256 / 256
+    assert args.out == os.path.join("runs", "rafdb-paper")
+    args = train.parse_args([])
+    assert args.preset == "tiny" and args.data == "synthetic" and args.probe
+    assert args.lr == pytest.approx(0.05 * args.batch_size / 256)
+    args = train.parse_args(["--gfl", "simclr", "--use-facemae", "false", "--mask-ratio", "0.5"])
+    assert args.config.gfl == "simclr" and not args.config.use_facemae and args.config.num_visible == 24
+
+
+def test_help_lists_every_config_field():
+    text = train.build_parser().format_help()
+    for field in train.SimFLEConfig.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in text
+
+
+def test_missing_dataset_is_one_clear_message(tmp_path):
+    r = run_script("train.py", "--data", "rafdb", "--root", str(tmp_path / "nowhere"), "--device", "cpu", timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "list_patition_label.txt" in r.stderr and "nowhere" in r.stderr
+
+
+# ----------------------------------------------------------------------------- training and checkpoints
+
+
+def test_train_then_eval_on_synthetic(tmp_path):
+    out = str(tmp_path / "run")
+    assert train.cli(QUICK + ["--epochs", "2", "--out", out]) == 0
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all("knn_accuracy" in r and r["similarity"] > 0 for r in rows)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["model"]["backbone"] == "resnet18"
+    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4 and ckpt["config"]["view_size"] == 64
+    # the trunk of a checkpoint loads into torchvision's ResNet with only the classifier missing
+    net = torchvision.models.resnet18()
+    trunk = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
+    missing, unexpected = net.load_state_dict(trunk, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    # eval rebuilds the trunk from the checkpoint alone
+    assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "knn", "--device", "cpu"]) == 0
+    report = json.load(open(os.path.join(out, "eval_knn_synthetic.json")))
+    assert len(report["classes"]) == 7 and 0 <= report["accuracy"] <= 1
+
+
+def test_resume_is_exact(tmp_path):
+    straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+    assert train.cli(QUICK + ["--epochs", "2", "--out", straight, "--knn-samples", "0"]) == 0
+    # stop in the middle of epoch 1 (step 1 of 2), then resume to the end
+    assert train.cli(QUICK + ["--epochs", "2", "--out", cut, "--knn-samples", "0", "--stop-after-steps", "1"]) == 0
+    assert not os.path.exists(os.path.join(cut, "metrics.jsonl"))
+    assert train.cli(["--resume", os.path.join(cut, "last.pt"), "--device", "cpu", "--workers", "0"]) == 0
+    a, b = metrics(straight), metrics(cut)
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in ("similarity", "reconstruction", "distillation", "grouping", "total", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), key
+    sa = torch.load(os.path.join(straight, "last.pt"), weights_only=True)["model"]
+    sb = torch.load(os.path.join(cut, "last.pt"), weights_only=True)["model"]
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5), k
+
+
+def test_resume_refuses_another_model(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.cli(QUICK + ["--epochs", "1", "--out", out, "--knn-samples", "0"]) == 0
+    assert train.cli(["--resume", os.path.join(out, "last.pt"), "--preset", "paper"]) == 2
+    assert "another model configuration" in capsys.readouterr().err
+
+
+class RunsCode:
+    """A pickle payload: unpickling it would create a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_bad_checkpoints_get_one_message(tmp_path, capsys):
+    proof = tmp_path / "code_ran"
+    malicious = tmp_path / "malicious.pt"
+    torch.save({"format": train.CHECKPOINT_FORMAT, "payload": RunsCode(str(proof))}, malicious,
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    good = tmp_path / "good.pt"
+    torch.save({"format": train.CHECKPOINT_FORMAT, "model": {}, "config": {"backbone": "resnet18"}}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    alien = tmp_path / "alien.pt"
+    torch.save({"format": train.CHECKPOINT_FORMAT, "config": {"backbone": "vgg16"}}, alien)
+    for path, words in [(malicious, "not a loadable"), (truncated, "not a loadable"), (text, "not a loadable"),
+                        (plain, "not a SimFLE checkpoint"), (alien, "unknown model configuration"),
+                        (tmp_path / "missing.pt", "not found")]:
+        assert evaluate.cli(["--ckpt", str(path), "--device", "cpu"]) == 2
+        assert words in capsys.readouterr().err
+    assert not proof.exists()  # the code inside the malicious file never ran
+
+
+def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.cli(QUICK + ["--epochs", "1", "--out", out, "--knn-samples", "0"]) == 0
+    before = open(os.path.join(out, "last.pt"), "rb").read()
+    code = train.cli(["--resume", os.path.join(out, "last.pt"), "--epochs", "3", "--lr", "1e30",
+                      "--device", "cpu", "--workers", "0"])
+    assert code == 3
+    err = capsys.readouterr().out
+    assert "non-finite loss" in err and "step" in err
+    assert open(os.path.join(out, "last.pt"), "rb").read() == before
+
+
+def test_out_of_memory_is_one_message(tmp_path, monkeypatch, capsys):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(train.SimFLE, "forward", oom)
+    assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run")]) == 4
+    err = capsys.readouterr().err
+    assert "out of GPU memory" in err and "--batch-size" in err
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_resume_continues(tmp_path):
+    out = str(tmp_path / "run")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "train.py", "--preset", "tiny", "--num-synthetic", "80", "--batch-size", "8",
+            "--epochs", "2", "--knn-samples", "0", "--probe", "false", "--device", "cpu", "--out", out]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # wait until a few steps have run: the progress bar shows 'epoch 1/2' with a step count
+    deadline, seen = time.time() + 120, ""
+    while time.time() < deadline:
+        chunk = proc.stdout.read(1) if proc.stdout else ""
+        seen += chunk
+        if "it/s" in seen or "s/it" in seen:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    seen += rest
+    assert proc.returncode == 130, seen[-2000:]
+    assert "Resume with" in seen and "Traceback" not in seen
+    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    assert ckpt["step"] >= 1
+    r = run_script("train.py", "--resume", os.path.join(out, "last.pt"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [m["epoch"] for m in metrics(out)][-1] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = str(tmp_path / "ddp")
+    r = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train.py",
+                   *QUICK, "--epochs", "1", "--out", out, "--batch-size", "8", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    assert ckpt["step"] == 2 and ckpt["train"]["batch_size"] == 8  # 16 images / (2 processes x 4) = 2 steps
+    assert len(metrics(out)) == 1  # one writer: rank 0
