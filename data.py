@@ -1,8 +1,8 @@
-"""Face datasets and the SimFLE input pipeline (paper §5 augmentations, §6 linear-probe transforms).
+"""Face datasets and the SimFLE input pipeline (the paper's pretraining augmentations and linear-probe transforms).
 
 Three layers, top to bottom in this file:
   1. FaceDataset: one face image, its expression label and (where the dataset has them) its landmarks,
-     read from the layout each dataset is distributed in (PAPER.md §7), or drawn procedurally ("synthetic").
+     read from the layout each dataset is distributed in, or drawn procedurally ("synthetic").
   2. PretrainView / ProbeView: the per-image, uint8 part of the augmentation (crop, flip, colour), cheap
      enough for DataLoader workers.
   3. pretrain_batch / probe_batch: the expensive, per-pixel float part (23-tap Gaussian blur, normalisation),
@@ -33,7 +33,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
-MEAN = (0.5795, 0.4522, 0.3957)  # face statistics of the reference code (PAPER.md §5), not ImageNet's
+MEAN = (0.5795, 0.4522, 0.3957)  # face statistics of the reference code, not ImageNet's
 STD = (0.2769, 0.2473, 0.2412)
 
 DATASETS = {
@@ -646,7 +646,7 @@ class _Seeded(Dataset):
 
 
 class PretrainView(_Seeded):
-    """(origin, view1, view2, sigma): the FFL origin and the two GFL views of paper §5, all uint8.
+    """(origin, view1, view2, sigma): the FFL origin and the two GFL views of the paper, all uint8.
 
     The Gaussian blur of each view is drawn here (sigma) but applied per batch in pretrain_batch.
     """
@@ -676,7 +676,7 @@ class PretrainView(_Seeded):
 
 
 class ProbeView(_Seeded):
-    """(image, label, landmarks in [0, 1]): the linear-probe transforms of paper §6.
+    """(image, label, landmarks in [0, 1]): the linear-probe transforms of the paper.
 
     train=True: RandomResizedCrop + flip (landmarks follow the crop; a flip mirrors them without swapping
     left/right names). train=False: Resize((size, size)), the transform the landmark probe uses.

@@ -103,6 +103,19 @@ def save_confusion_png(confusion, classes, path, title):
 # ----------------------------------------------------------------------------- protocols
 
 
+def probe_head(dim, num_classes):
+    """A linear classifier on standardised features: parameter-free BatchNorm, then Linear(C, K) ~ N(0, 0.01).
+
+    The BatchNorm (as in MAE's linear probe) only standardises each feature with statistics of the training
+    set, so the head stays one affine map; without it the paper's lr (2.0 at batch 1024) diverges on features
+    whose scale differs from trunk to trunk, and a random trunk and a trained one would not be compared fairly.
+    """
+    linear = nn.Linear(dim, num_classes)
+    nn.init.normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
+
+
 def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_size=1024, lr=None,
                  features="augmented", workers=0, seed=0):
     """The paper's linear probe: frozen trunk (BN in eval mode), Linear(C, K) ~ N(0, 0.01), SGD momentum 0.9,
@@ -116,9 +129,7 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     classes = test_base.classes
     batch_size = min(batch_size, len(train_base))
     lr = lr if lr is not None else 0.5 * batch_size / 256
-    head = nn.Linear(trunk.dim, len(classes)).to(device)
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
+    head = probe_head(trunk.dim, len(classes)).to(device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     test_x, test_y = embed(trunk, loader(data.ProbeView(test_base, size, train=False), 256, workers), device)
     if features == "cached":
@@ -140,8 +151,11 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        head.eval()
         with torch.no_grad():
             history.append((head(test_x.to(device)).argmax(1).cpu() == test_y).float().mean().item())
+        head.train()
+    head.eval()
     with torch.no_grad():
         pred = head(test_x.to(device)).argmax(1).cpu()
     report = classification_report(pred, test_y, classes)
@@ -311,9 +325,9 @@ def predict(ckpt, images, device):
     if not isinstance(head_state, dict) or head_state.get("format") != PROBE_FORMAT:
         raise CheckpointError(f"{path} is not a probe head saved by eval.py")
     trunk, _, _ = load_trunk(ckpt)
-    head = nn.Linear(trunk.dim, len(head_state["classes"]))
-    head.load_state_dict({"weight": head_state["weight"], "bias": head_state["bias"]})
-    trunk, head = trunk.to(device).eval(), head.to(device)
+    head = probe_head(trunk.dim, len(head_state["classes"]))
+    head.load_state_dict(head_state["head"])
+    trunk, head = trunk.to(device).eval(), head.to(device).eval()
     size = head_state["size"]
     for image_path in images:
         try:
@@ -378,7 +392,7 @@ def main(argv=None):
         report, head = linear_probe(trunk, train_base, test_base, cfg.view_size, device, args.epochs, args.batch_size,
                                     args.lr, args.features, args.workers, args.seed)
         if args.ckpt != "random":
-            torch.save({"format": PROBE_FORMAT, "weight": head.weight.detach(), "bias": head.bias.detach(),
+            torch.save({"format": PROBE_FORMAT, "head": head.state_dict(),
                         "classes": classes, "size": cfg.view_size, "data": args.data}, os.path.join(out, "probe_head.pt"))
     elif args.mode == "knn":
         report = knn_eval(trunk, train_base, test_base, cfg.view_size, device, workers=args.workers)

@@ -6,7 +6,7 @@ Read it top to bottom: small pieces first, the full `SimFLE` model last.
   FFL  (fine-grained facial landmark learning): FaceMAE, a masked autoencoder that sees only the
        patches picked by *semantic masking* (channel grouping on the ResNet's feature map).
   Distillation ties the two branches together.
-Every number comes from the paper / the authors' reference code (see PAPER.md in the docs).
+Every number comes from the paper and the authors' reference code; where they disagree, a comment says which.
 
 Shape legend
   B batch        C backbone channels (2048 for ResNet-50)    H, W image size    h, w feature-map size

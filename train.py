@@ -29,7 +29,7 @@ from simfle import SimFLE, SimFLEConfig
 
 CHECKPOINT_FORMAT = "simfle-checkpoint-v1"
 # training defaults per preset (the paper: batch 256, 100 epochs; tiny: a few minutes on a laptop CPU)
-TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256), "tiny": dict(epochs=6, batch_size=64)}
+TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256), "tiny": dict(epochs=2, batch_size=64)}
 # options that belong to this invocation, never taken from a checkpoint on --resume
 RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "out", "stop_after_steps"}
 
@@ -67,7 +67,7 @@ def build_parser():
     p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
     p.add_argument("--preset", default=None, choices=["tiny", "paper"],
                    help="model preset (default: tiny on synthetic, paper otherwise)")
-    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: 100 paper, 6 tiny)")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: 100 paper, 2 tiny)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default: 256 paper, 64 tiny)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 x batch / 256)")
     p.add_argument("--weight-decay", type=float, default=1e-4)

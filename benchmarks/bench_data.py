@@ -2,7 +2,7 @@
 
 Both run in this one process on one thread (torch.set_num_threads(1)), on the same JPEG faces written to a
 temporary folder, and produce the same thing per sample: the 112 px origin and two augmented 224 px views,
-normalised floats, views blurred (paper §5).
+normalised floats, views blurred (the paper's recipe).
 
   reference  PIL per image: RandomResizedCrop(224, scale 0.08-1), flip, ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8,
              grayscale p 0.2, ToTensor, a separable 23-tap Gaussian blur (sigma U[0.1, 2]) per image, Normalize;

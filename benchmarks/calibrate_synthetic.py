@@ -103,7 +103,7 @@ def main():
     torch.manual_seed(args.seed)
     trunk = torchvision.models.resnet18()
     trunk.fc = nn.Identity()
-    trunk.eval()  # frozen, BatchNorm in eval mode, as the linear-probe protocol (paper §6)
+    trunk.eval()  # frozen, BatchNorm in eval mode, as the paper's linear-probe protocol
     for size in (64, 112):
         t0 = time.time()
         tr, te = features(trunk, resize(xtr, size)), features(trunk, resize(xte, size))

@@ -208,3 +208,13 @@ def test_torchrun_two_cpu_processes(tmp_path):
     ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
     assert ckpt["step"] == 2 and ckpt["train"]["batch_size"] == 8  # 16 images / (2 processes x 4) = 2 steps
     assert len(metrics(out)) == 1  # one writer: rank 0
+
+
+@pytest.mark.slow
+def test_memory_holds_steady_over_hundreds_of_steps():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_memory
+    trace, code = bench_memory.rss_trace(steps=200, batch_size=2)
+    assert code == 0
+    warm, late = bench_memory.summary(trace)
+    assert late < warm * 1.10 + 50, f"RSS grew from {warm:.0f} MB to {late:.0f} MB"

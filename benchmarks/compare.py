@@ -1,0 +1,166 @@
+"""
+Does semantic masking help? Train and evaluate five trunks under one budget, for several seeds.
+
+    python benchmarks/compare.py                                   # synthetic faces, tiny preset, CPU
+    python benchmarks/compare.py --data rafdb --preset paper --epochs 100 --device cuda   # paper scale
+
+Arms: a random trunk (no training); the GFL method alone (BYOL, use_facemae=false); SimFLE with
+random masking; SimFLE with semantic masking; a supervised trunk trained on the labels with the same
+number of images seen (the upper bound). Each trunk gets the same evaluation: linear probe
+(cached features, accuracy and mean class accuracy) and, where the data has landmarks, the landmark
+probe (NME). Nothing is tuned on the test split. Writes <out>/compare.json, <out>/compare.md and
+<out>/group_maps.png (group attention maps of the semantic-masking model after training).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
+import eval as evaluate  # noqa: E402
+import train  # noqa: E402
+from simfle import SimFLE  # noqa: E402
+
+ARMS = {  # name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
+    "random trunk": ("random", None),
+    "BYOL alone": ("byol", ["--use-facemae", "false"]),
+    "SimFLE, random masking": ("random-masking", ["--masking", "random"]),
+    "SimFLE, semantic masking": ("semantic-masking", ["--masking", "semantic"]),
+    "supervised (upper bound)": ("supervised", "supervised"),
+}
+
+
+def supervised_trunk(args, seed, device):
+    """A trunk trained on the labels with the pretraining budget: same images seen, same view size."""
+    cfg = train.SimFLEConfig.preset(args.preset)
+    torch.manual_seed(seed)
+    trunk = evaluate.Backbone(cfg.backbone)
+    train_base = data.get_dataset(args.data, args.root, "train", seed=seed, synthetic_count=args.num_synthetic)
+    test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
+    evaluate.finetune(trunk, train_base, test_base, cfg.view_size, device, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=None, workers=args.workers, seed=seed)
+    return trunk.cpu(), cfg
+
+
+def evaluate_trunk(trunk, cfg, args, seed, device):
+    train_base = data.get_dataset(args.data, args.root, "train", seed=seed)
+    test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
+    report, _ = evaluate.linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=args.probe_epochs,
+                                      features="cached", workers=args.workers, seed=seed)
+    result = {"accuracy": report["last_epoch_accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
+    if train_base.num_landmarks:
+        result["nme"] = evaluate.landmark_probe(trunk, train_base, test_base, cfg.origin_size, device,
+                                                workers=args.workers, seed=seed)["nme"]
+    return result
+
+
+def group_map_figure(ckpt_path, args, path):
+    """Group attention maps of a trained model on a few test faces: image, then 6 groups' maps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    state = train.load_checkpoint(ckpt_path)
+    model = SimFLE(state["config_obj"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    cfg = state["config_obj"]
+    test_base = data.get_dataset(args.data, args.root, "test", seed=0)
+    batch, _ = data.collate([data.ProbeView(test_base, cfg.origin_size, train=False)[i] for i in range(4)])
+    images, _, _ = data.probe_batch(batch, torch.device("cpu"))
+    maps = model.inspect(images)["maps"]  # (B,G,h,w)
+    groups = maps.flatten(2).var(2).mean(0).argsort(descending=True)[:6]  # the 6 most varied groups
+    fig, axes = plt.subplots(4, 7, figsize=(10.5, 6))
+    for r in range(4):
+        img = batch[0][r].permute(1, 2, 0).numpy()
+        axes[r, 0].imshow(img)
+        for c, g in enumerate(groups.tolist()):
+            up = torch.nn.functional.interpolate(maps[r:r + 1, g:g + 1], size=img.shape[:2], mode="bilinear")[0, 0]
+            axes[r, c + 1].imshow(img)
+            axes[r, c + 1].imshow(up.numpy(), cmap="jet", alpha=0.5)
+            if r == 0:
+                axes[r, c + 1].set_title(f"group {g}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("group attention maps after pretraining (SimFLE, semantic masking, seed 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--root", default=None)
+    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--epochs", type=int, default=2, help="pretraining epochs (the budget)")
+    p.add_argument("--num-synthetic", type=int, default=2048, help="synthetic training images for pretraining")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="pretraining lr (default: train.py's)")
+    p.add_argument("--probe-epochs", type=int, default=30)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--out", default="runs/compare")
+    args = p.parse_args()
+    device = train.pick_device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    results, t0 = {arm: [] for arm in args.arms}, time.time()
+    for seed in args.seeds:
+        for arm in args.arms:
+            slug, options = ARMS[arm]
+            if options is None:
+                torch.manual_seed(seed)
+                cfg = train.SimFLEConfig.preset(args.preset)
+                trunk = evaluate.Backbone(cfg.backbone)
+            elif options == "supervised":
+                trunk, cfg = supervised_trunk(args, seed, device)
+            else:
+                out = os.path.join(args.out, f"{slug}-seed{seed}")
+                argv = ["--data", args.data, "--preset", args.preset, "--epochs", str(args.epochs), "--batch-size",
+                        str(args.batch_size), "--seed", str(seed), "--out", out, "--probe", "false",
+                        "--knn-samples", "0", "--device", str(device), "--workers", str(args.workers),
+                        "--num-synthetic", str(args.num_synthetic), *options]
+                if args.root:
+                    argv += ["--root", args.root]
+                if args.lr:
+                    argv += ["--lr", str(args.lr)]
+                if os.path.exists(os.path.join(out, "last.pt")):  # a finished arm is reused, an unfinished one resumed
+                    argv = ["--resume", os.path.join(out, "last.pt"), "--device", str(device)]
+                code = train.main(argv)
+                if code:
+                    raise SystemExit(f"{arm}, seed {seed}: train.py exited with {code}")
+                trunk, cfg, _ = evaluate.load_trunk(os.path.join(out, "last.pt"))
+            r = evaluate_trunk(trunk, cfg, args, seed, device)
+            results[arm].append(r)
+            print(f"[{time.time() - t0:.0f} s] seed {seed}, {arm}: {r}", flush=True)
+            with open(os.path.join(args.out, "compare.json"), "w") as f:
+                json.dump({"args": vars(args), "results": results, "seconds": time.time() - t0}, f, indent=2)
+
+    def fmt(values, scale=100):
+        if not values:
+            return "–"
+        m = statistics.mean(values) * scale
+        s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+        return f"{m:.1f} ± {s:.1f}"
+    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) |", "|---|---|---|---|"]
+    for arm, rs in results.items():
+        lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | {fmt([r['mean_class_accuracy'] for r in rs])} | "
+                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"{len(args.seeds)} seeds, {time.time() - t0:.0f} s in all on {device}")
+    semantic = os.path.join(args.out, f"semantic-masking-seed{args.seeds[0]}", "last.pt")
+    if os.path.exists(semantic):
+        group_map_figure(semantic, args, os.path.join(args.out, "group_maps.png"))
+
+
+if __name__ == "__main__":
+    main()
