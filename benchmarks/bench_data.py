@@ -120,7 +120,10 @@ def main():
     print(f"| reference (PIL per image) | {ref:.0f} | {1e3 / ref:.2f} |")
     print(f"| data.py (uint8 v2 per image + batched blur/normalise) | {ours:.0f} | {1e3 / ours:.2f} "
           f"({item_ms:.2f} per image + {batch_ms:.2f} batched) |")
-    print(f"\nratio: {ours / ref:.2f}x the reference's samples/s")
+    worker = 1e3 / item_ms
+    print(f"| data.py, a loader worker's share (blur/normalise on the training device) | {worker:.0f} | {item_ms:.2f} |")
+    print(f"\nratio, everything on this CPU core:            {ours / ref:.2f}x the reference's samples/s")
+    print(f"ratio, per loader core when training on a GPU: {worker / ref:.2f}x (the batched step runs on the GPU)")
     if args.synthetic:
         ds = data.get_dataset("synthetic", synthetic_count=args.synthetic)
         rates = []
