@@ -389,6 +389,7 @@ def main(argv=None):
             origin, view1, view2 = data.pretrain_batch(batch, device)
             if channels_last:
                 origin, view1, view2 = (x.contiguous(memory_format=torch.channels_last) for x in (origin, view1, view2))
+            optimizer.zero_grad(set_to_none=True)  # free last step's gradients before the forward's activations peak
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss, parts = model(origin, view1, view2)
             values = {k: v.item() for k, v in parts.items()}
@@ -399,7 +400,6 @@ def main(argv=None):
                     f"{', '.join(bad)}). The weights were not updated and {ckpt_path} was not overwritten. "
                     f"Try a lower --lr, or --precision fp32.")
                 return 3
-            optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
