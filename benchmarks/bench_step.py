@@ -27,6 +27,8 @@ train.py's CPU default) plus '+'-joined fast paths:
                    matters when other processes share the cores (CPU only; must be set before torch is imported)
     mmap           MALLOC_MMAP_THRESHOLD_=65536 in the environment: glibc serves every block over 64 KiB with mmap and
                    returns it to the system when freed, instead of keeping freed tensors in its heap (peak RSS, Linux)
+    jemalloc, tcmalloc  that allocator instead of glibc's malloc (LD_PRELOAD; the library must be installed, e.g.
+                   Debian's libjemalloc2 / libtcmalloc-minimal4)
     cudnn_benchmark  torch.backends.cudnn.benchmark = True: cuDNN times its convolution algorithms once per shape
 
 Every configuration runs in a fresh Python process (this file, --child): `--warmup` steps, then `--steps` timed
@@ -37,6 +39,7 @@ With --flops, the FLOPs of one step are counted (torch.utils.flop_counter) and i
 fraction of the GPU's peak.
 """
 import argparse
+import ctypes.util
 import datetime
 import json
 import math
@@ -56,15 +59,16 @@ import torch  # noqa: E402
 from simfle import SimFLE, SimFLEConfig  # noqa: E402
 
 FAST_PATHS = ["bf16", "fp16", "channels_last", "foreach", "fused", "compile", "nosync", "zerofirst", "passive",
-              "mmap", "cudnn_benchmark"]
+              "mmap", "jemalloc", "tcmalloc", "cudnn_benchmark"]
+PRELOAD = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc_minimal"}  # fast path -> library for LD_PRELOAD
 CONFIG_SETS = {
     # what wins on a CPU (see benchmarks/README.md for the numbers behind this choice)
-    "best": ["fp32", "fused+zerofirst"],
+    "best": ["fp32", "channels_last+tcmalloc+zerofirst", "bf16+channels_last+tcmalloc+zerofirst"],
     # each fast path alone against fp32 eager, then the winners together
     "fastpaths": ["fp32", "bf16", "channels_last", "foreach", "fused", "nosync", "zerofirst", "passive", "mmap",
                   "compile"],
 }
-DEFAULT_BATCHES = {"tiny": [8, 32, 64], "paper": [2, 4, 8]}
+DEFAULT_BATCHES = {"tiny": [8, 32, 64], "paper": [2, 8]}
 LOG_EVERY = 10  # nosync: read the loss parts back once per this many steps, as a logger would
 
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's data sheets; matched against torch.cuda.get_device_name().
@@ -267,6 +271,12 @@ def run_child(spec, timeout):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     if "mmap" in paths:  # read by glibc when the process starts
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    for path, name in PRELOAD.items():
+        if path in paths:
+            lib = ctypes.util.find_library(name)
+            if lib is None:
+                return {**spec, "error": f"lib{name} not found (install it to measure {path})"}
+            env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), lib]))
     before, own_before, t0 = cpu_jiffies(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -375,7 +385,8 @@ def run_steps(args):
                           f"{len(row['step_times'])} steps ran on a quiet machine", flush=True)
                 rows.append(row)
                 if args.out:  # as we go, so an interrupted run keeps what it measured
-                    write_outputs(args.out, args.name or "step", {"rows": rows})
+                    write_outputs(args.out, args.name or "step",
+                                  {"command": args.command, "machine": args.machine, "rows": rows})
                 status = row.get("error") or (f"{row['step_s']:.3f} s/step  {batch / row['step_s']:.1f} images/s  "
                                               f"peak {row['peak_gb']:.2f} GiB")
                 print(f"{preset:5s} batch {batch:4d} {config:30s} {status}", flush=True)
@@ -410,7 +421,7 @@ def run_input(args):
     cfg = SimFLEConfig.preset(args.preset or "tiny")
     batch = (args.batch_sizes or [64])[0]
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    n_batches = args.loader_batches
+    n_batches = args.loader_batches or 3 * max(workers, 1)
     base = data.get_dataset("synthetic", split="train", synthetic_count=batch * n_batches)
     view = data.PretrainView(base, cfg.view_size, cfg.origin_size, seed=0)
     rows = []
@@ -431,8 +442,11 @@ def run_input(args):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             total = time.perf_counter() - t0
-        rows.append({"what": name, "images_s": n / total, "first_batch_s": first, "seconds": total})
-        print(f"{name:60s} {n / total:8.1f} images/s, first batch after {first:.2f} s", flush=True)
+        steady = (n - batch) / max(total - first, 1e-9)  # after the first batch: the workers' pace
+        rows.append({"what": name, "images_s": n / total, "steady_images_s": steady, "first_batch_s": first,
+                     "seconds": total})
+        print(f"{name:60s} {n / total:8.1f} images/s ({steady:.1f} after the first batch), "
+              f"first batch after {first:.2f} s", flush=True)
 
     # a fresh DataLoader (as train.py builds one per epoch) pays for starting its workers every epoch
     loader_row(f"loader, {workers} workers, new workers each epoch, pageable")
@@ -467,13 +481,16 @@ def run_input(args):
 
 
 def format_input_table(rows):
-    lines = ["| what | images/s | first batch of the epoch, s | x faster |", "|---|---|---|---|"]
+    """Loader rows against the first loader row, augmentation rows against the per-image one."""
+    lines = ["| what | images/s (whole epoch) | images/s after the first batch | first batch of the epoch, s "
+             "| x faster |", "|---|---|---|---|---|"]
     base = rows[0]["images_s"]
     blur_base = next((r["images_s"] for r in rows if r["what"].startswith("blur")), None)
     for r in rows:
         ref = blur_base if r["what"].startswith("blur") else base
         first = f"{r['first_batch_s']:.2f}" if r.get("first_batch_s") is not None else "-"
-        lines.append(f"| {r['what']} | {r['images_s']:.1f} | {first} | {r['images_s'] / ref:.2f} |")
+        steady = f"{r['steady_images_s']:.1f}" if r.get("steady_images_s") is not None else "-"
+        lines.append(f"| {r['what']} | {r['images_s']:.1f} | {steady} | {first} | {r['images_s'] / ref:.2f} |")
     return "\n".join(lines)
 
 
@@ -485,7 +502,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "paper"], default=None, help="default: both (input side: tiny)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
-                   help="default: tiny 8 32 64, paper 2 4 8 (input side: 64)")
+                   help="default: tiny 8 32 64, paper 2 8 (input side: 64)")
     p.add_argument("--configs", default="best",
                    help="comma-separated configurations ('+'-joined fast paths: " + ", ".join(FAST_PATHS)
                         + ") or sets: " + ", ".join(f"{k} = {','.join(v)}" for k, v in CONFIG_SETS.items()))
@@ -506,7 +523,8 @@ def main(argv=None):
     p.add_argument("--compile-on-cpu", action="store_true", help="measure compile configurations on CPU too")
     p.add_argument("--input", action="store_true", help="measure the input side instead: loader and augmentation")
     p.add_argument("--workers", type=int, default=None, help="--input: DataLoader workers (default: all cores)")
-    p.add_argument("--loader-batches", type=int, default=10, help="--input: batches per epoch")
+    p.add_argument("--loader-batches", type=int, default=None,
+                   help="--input: batches per epoch (default: 3 per worker, so each worker makes several)")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a JSON + markdown copy (default: $OUT)")
     p.add_argument("--name", default=None, help="file stem in --out (default: step or input)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -518,6 +536,7 @@ def main(argv=None):
     info = machine_info(args.device)
     print(json.dumps(info))
     command = "python benchmarks/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command, args.machine = command, info
     if args.input:
         rows, setting = run_input(args)
         table, name = format_input_table(rows), args.name or "input"

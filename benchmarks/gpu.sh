@@ -49,7 +49,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 # 1. the input side: bounded on its own, so the step table keeps most of the budget
 echo; echo "== 1. input side ($(elapsed) s)"
 timeout $(( budget / 4 )) "$py" benchmarks/bench_step.py --input --device "$device" --preset "$preset" \
-    --batch-sizes "$batch" --loader-batches 8 ${out:+--out "$out"} \
+    --batch-sizes "$batch" ${out:+--out "$out"} \
     || echo "input side: failed or out of its $(( budget / 4 )) s"
 
 # 2. the training step; eager configurations first, then compiled ones, then the rest while time is left
