@@ -11,8 +11,9 @@ What one SimFLE training step costs, and which fast paths pay: images/s and peak
 A step is what train.py does for one batch: forward (the model returns its loss), the loss parts read back
 for the log and the non-finite check, zero_grad, backward, SGD step, EMA update of the target network.
 Its inputs are random tensors already on the device, so the step is measured without data loading
-(--input measures that side). A configuration is "fp32" (plain fp32 eager: the reference code's way and
-train.py's CPU default) plus '+'-joined fast paths:
+(--input measures that side). A configuration is "fp32" (plain fp32 eager, the reference code's way:
+gradients cleared after the forward, one .item() per loss part, SGD's default kernels) plus '+'-joined
+fast paths:
 
     bf16, fp16     torch.autocast in that dtype (fp16 with a GradScaler, as train.py does on older GPUs)
     channels_last  model weights and images in channels-last memory format
@@ -62,11 +63,12 @@ FAST_PATHS = ["bf16", "fp16", "channels_last", "foreach", "fused", "compile", "n
               "mmap", "jemalloc", "tcmalloc", "cudnn_benchmark"]
 PRELOAD = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc_minimal"}  # fast path -> library for LD_PRELOAD
 CONFIG_SETS = {
-    # what wins on a CPU (see benchmarks/README.md for the numbers behind this choice)
+    # what wins on a CPU, in fp32 and with bf16 autocast (benchmarks/README.md has the numbers); tcmalloc must be
+    # installed (Debian: libtcmalloc-minimal4), else those rows say so
     "best": ["fp32", "channels_last+tcmalloc+zerofirst", "bf16+channels_last+tcmalloc+zerofirst"],
     # each fast path alone against fp32 eager, then the winners together
     "fastpaths": ["fp32", "bf16", "channels_last", "foreach", "fused", "nosync", "zerofirst", "passive", "mmap",
-                  "compile"],
+                  "tcmalloc", "jemalloc", "compile"],
 }
 DEFAULT_BATCHES = {"tiny": [8, 32, 64], "paper": [2, 8]}
 LOG_EVERY = 10  # nosync: read the loss parts back once per this many steps, as a logger would

@@ -10,7 +10,7 @@
 # ones first. Prints everything; writes step.{json,md}, input.{json,md}, summary.md and gpu.log into $OUT if set.
 #
 #   bash benchmarks/gpu.sh                                          # on the GPU machine
-#   bash benchmarks/gpu.sh --device cpu --preset tiny --batch-size 8   # the same code path on a CPU, ~3 min
+#   bash benchmarks/gpu.sh --device cpu --preset tiny --batch-size 8   # the same code path on a CPU, ~1.5 min
 # Options: --device D, --preset tiny|paper, --batch-size N, --budget SECONDS (default 450), --steps N, --warmup N.
 # Needs only python3 with torch, torchvision and tqdm.
 set -uo pipefail
