@@ -632,6 +632,9 @@ class _Seeded(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
+        """i: an index, or (epoch, index) — the form train.py's sampler uses, because a persistent DataLoader
+        worker holds its own copy of this dataset, which set_epoch in the main process does not reach."""
+        epoch, i = i if isinstance(i, tuple) else (self.epoch, i)
         try:
             img, label, landmarks = self.base[i]
         except BadImageError as e:  # skipped, counted by collate, reported by the training loop
@@ -641,7 +644,7 @@ class _Seeded(Dataset):
         # CPU generator is seeded: torch.manual_seed would also queue the seed for every accelerator, at about
         # a millisecond a call.
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(_item_seed(self.seed, self.epoch, i))
+            torch.default_generator.manual_seed(_item_seed(self.seed, epoch, i))
             return self.transform(img, label, landmarks)
 
 

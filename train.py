@@ -7,8 +7,9 @@ Pretrain SimFLE without labels, then (on the built-in faces) probe the trunk it 
     torchrun --nproc_per_node=2 train.py --data rafdb   # several GPUs (DDP)
 
 Every field of SimFLEConfig is an option (python train.py --help). One device / precision policy
-lives here: cuda -> mps -> cpu; bf16 autocast on GPUs that have it, fp16 + GradScaler on older ones
-(a Colab T4), fp32 on CPU and MPS. The model file has no device code.
+lives here: cuda -> mps -> cpu; bf16 autocast on GPUs that have it and on CPUs with bf16 instructions,
+fp16 + GradScaler on older GPUs (a Colab T4), fp32 on MPS and other CPUs; channels_last on CUDA and CPU.
+The model file has no device code.
 """
 import argparse
 import dataclasses
@@ -75,7 +76,7 @@ def build_parser():
     p.add_argument("--resume", default=None, help="continue from this last.pt")
     p.add_argument("--device", default="auto", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 on GPUs with it, fp16 on older GPUs, fp32 on CPU/MPS")
+                   help="auto: bf16 on GPUs and CPUs with bf16 arithmetic, fp16 on older GPUs, else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
@@ -158,12 +159,19 @@ def pick_device(name):
     return device
 
 
+def cpu_has_native_bf16():
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays (benchmarks/README.md)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
 def pick_precision(name, device):
-    """bf16 autocast where the GPU supports it, fp16 + GradScaler on older GPUs, fp32 elsewhere."""
+    """auto: bf16 autocast on GPUs that have it and on CPUs with native bf16 arithmetic, fp16 + GradScaler on
+    older GPUs, fp32 elsewhere (MPS, CPUs without bf16 instructions, where bf16 is emulated and slow)."""
     if name == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     return name
 
 
@@ -247,6 +255,30 @@ def capped(dataset, n, seed=0):
 # ----------------------------------------------------------------------------- training
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """One epoch's order of the training set from a given step on, as (epoch, index) pairs.
+
+    A single DataLoader serves every epoch, so its worker processes persist (no restart per epoch); the
+    epoch travels with each index because those workers hold their own copies of the dataset. set(epoch,
+    start_step) before iterating; start_step > 0 skips the batches a resumed run has already done.
+    """
+
+    def __init__(self, order, batch_size, steps_per_epoch):
+        self.order, self.batch_size, self.steps = order, batch_size, steps_per_epoch  # order: a DistributedSampler
+        self.epoch, self.start = 0, 0
+
+    def set(self, epoch, start_step):
+        self.order.set_epoch(epoch)
+        self.epoch, self.start = epoch, start_step
+
+    def __iter__(self):
+        indices = list(self.order)[self.start * self.batch_size: self.steps * self.batch_size]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self):
+        return (self.steps - self.start) * self.batch_size
+
+
 def main(argv=None):
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -284,9 +316,16 @@ def main(argv=None):
     steps_per_epoch = len(sampler) // per_rank
     if args.max_steps:
         steps_per_epoch = min(steps_per_epoch, args.max_steps)
+    epoch_sampler = EpochSampler(sampler, per_rank, steps_per_epoch)
+    loader = DataLoader(pretrain_set, batch_size=per_rank, sampler=epoch_sampler, num_workers=workers,
+                        collate_fn=data.collate, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=workers > 0,  # measured 1.4-1.7x on the loader (benchmarks/README.md)
+                        generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
 
     model = SimFLE(cfg).to(device)
-    channels_last = device.type == "cuda"  # measured on an H200: 1.6x over bf16 alone (benchmarks/README.md)
+    # measured (benchmarks/README.md): on an H200 1.6x over bf16 alone; on a 2-core CPU 1.2x in fp32, and what
+    # makes CPU bf16 pay (oneDNN's bf16 convolutions want channels-last)
+    channels_last = device.type in ("cuda", "cpu")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
@@ -369,14 +408,10 @@ def main(argv=None):
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))  # cosine decay per epoch, no warm-up
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sampler.set_epoch(epoch)
-        pretrain_set.set_epoch(epoch)
-        indices = list(sampler)[start_step * per_rank: steps_per_epoch * per_rank]  # skip steps done before a resume
-        loader = DataLoader(pretrain_set, batch_size=per_rank, sampler=indices, num_workers=workers,
-                            collate_fn=data.collate, pin_memory=device.type == "cuda", drop_last=True,
-                            generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
+        epoch_sampler.set(epoch, start_step)
         model.train()
         sums, seen, skipped = progress.get("sums", {}), progress.get("seen", 0), progress.get("skipped", 0)
+        taken = progress.get("steps", start_step)  # optimizer steps this epoch (a skipped batch is not one)
         t0 = time.time() - progress.get("elapsed", 0.0)
         progress = {}
         step_in_epoch = start_step
@@ -384,7 +419,8 @@ def main(argv=None):
                    desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
         for batch, n_bad in bar:
             skipped += n_bad
-            if batch is None:
+            if batch is None:  # every image of this batch was unreadable: its place in the epoch is used up
+                step_in_epoch += 1
                 continue
             origin, view1, view2 = data.pretrain_batch(batch, device)
             if channels_last:
@@ -406,6 +442,7 @@ def main(argv=None):
             raw_model.update_target()  # EMA after every optimizer step
             global_step += 1
             step_in_epoch += 1
+            taken += 1
             seen += origin.shape[0] * world
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -423,12 +460,12 @@ def main(argv=None):
                 break
         bar.close()
         if stop["signal"] is not None and step_in_epoch < steps_per_epoch:
-            checkpoint(epoch, step_in_epoch, {"sums": sums, "seen": seen, "skipped": skipped,
+            checkpoint(epoch, step_in_epoch, {"sums": sums, "seen": seen, "skipped": skipped, "steps": taken,
                                               "elapsed": time.time() - t0})
             return stop_code()
         start_step = 0
         record = {"epoch": epoch + 1, "step": global_step, "lr": lr, "images_per_s": seen / max(time.time() - t0, 1e-9),
-                  **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}, "skipped_images": skipped}
+                  **{k: v / max(taken, 1) for k, v in sums.items()}, "skipped_images": skipped}
         if knn_sets is not None:
             trunk = raw_model.trunk()
             trunk.eval()

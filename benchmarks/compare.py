@@ -51,7 +51,7 @@ def evaluate_trunk(trunk, cfg, args, seed, device):
     train_base = data.get_dataset(args.data, args.root, "train", seed=seed)
     test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
     report, _ = evaluate.linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=args.probe_epochs,
-                                      features="cached", workers=args.workers, seed=seed)
+                                      batch_size=256, features="cached", workers=args.workers, seed=seed)
     result = {"accuracy": report["last_epoch_accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
     if train_base.num_landmarks:
         result["nme"] = evaluate.landmark_probe(trunk, train_base, test_base, cfg.origin_size, device,
@@ -98,7 +98,7 @@ def main():
     p.add_argument("--root", default=None)
     p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
     p.add_argument("--epochs", type=int, default=2, help="pretraining epochs (the budget)")
-    p.add_argument("--num-synthetic", type=int, default=2048, help="synthetic training images for pretraining")
+    p.add_argument("--num-synthetic", type=int, default=4000, help="synthetic training images (4000: train.py's default)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="pretraining lr (default: train.py's)")
     p.add_argument("--probe-epochs", type=int, default=30)

@@ -233,3 +233,46 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 2})
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
+
+
+# ----------------------------------------------------------------------------- loader and precision
+
+
+def test_one_loader_serves_every_epoch_with_persistent_workers():
+    """train.py keeps one DataLoader with persistent workers for the whole run. The workers hold their own copy
+    of the dataset, so each epoch's items must still be that epoch's augmentations (the epoch travels with the
+    index), and a resumed epoch must skip exactly the batches already done."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    import data
+    base = data.get_dataset("synthetic", None, "train", seed=0, synthetic_size=32, synthetic_count=8)
+    view = data.PretrainView(base, view_size=32, origin_size=32, seed=0)
+    order = DistributedSampler(view, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
+    sampler = train.EpochSampler(order, batch_size=4, steps_per_epoch=2)
+    loader = DataLoader(view, batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True,
+                        collate_fn=data.collate)
+    reference = data.PretrainView(base, view_size=32, origin_size=32, seed=0)  # main-process copy, set_epoch works
+    views = {}
+    for epoch, start in ((0, 0), (1, 0), (2, 1)):
+        sampler.set(epoch, start)
+        got = [batch for batch, _ in loader]
+        indices = list(order)[start * 4: 8]
+        reference.set_epoch(epoch)
+        want = [data.collate([reference[i] for i in indices[k:k + 4]])[0] for k in range(0, len(indices), 4)]
+        assert len(got) == len(want) == 2 - start
+        for g, w in zip(got, want):
+            for a, b in zip(g, w):
+                assert torch.equal(a, b)
+        views[epoch] = dict(zip(indices, torch.cat([b[1] for b in got])))
+    same = [i for i in views[0] if i in views[1]]
+    assert same and all(not torch.equal(views[0][i], views[1][i]) for i in same)  # a new augmentation each epoch
+
+
+def test_auto_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.pick_precision("auto", cpu) == "bf16"
+    assert train.pick_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.pick_precision("auto", cpu) == "fp32"
+    assert train.pick_precision("auto", torch.device("mps")) == "fp32"
