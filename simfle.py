@@ -56,6 +56,9 @@ class Backbone(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3))
 
 
+INIT_PERTURBATION = 1e-3  # std of the noise added to the grouping layer's constant initial weights
+
+
 class ChannelGrouping(nn.Module):
     """Channel grouping layer of semantic masking (from DBTNet): A = ReLU(BN(Conv1x1(F)))."""
 
@@ -63,9 +66,12 @@ class ChannelGrouping(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=1)
         self.bn = nn.BatchNorm2d(channels)
-        # Reference init: weight 1.0, bias 0.1. Every channel starts identical (a symmetric point);
-        # floating-point noise breaks the tie within the first ~100 steps and the groups separate.
+        # Reference init: weight 1.0, bias 0.1, where every channel is identical and gets identical gradients
+        # (a symmetric point). The reference relies on fp32 rounding noise to leave it; in bf16, or with inputs
+        # of few mantissa bits, the channels never separate (measured). A small perturbation breaks the tie.
         nn.init.constant_(self.conv.weight, 1.0)
+        with torch.no_grad():
+            self.conv.weight.add_(torch.randn_like(self.conv.weight), alpha=INIT_PERTURBATION)
         nn.init.constant_(self.conv.bias, 0.1)
 
     def forward(self, fmap):
@@ -389,7 +395,10 @@ class SimFLE(nn.Module):
             # Reference quirk, kept: the backbone runs in train mode here, so this no-grad pass
             # still updates BatchNorm running statistics. No gradient reaches the backbone from FFL.
             fmap = self.backbone.feature_map(origin)  # (B,C,h,w)
-        attn = self.grouping(fmap)  # (B,C,h,w); trained only by the grouping loss
+        # fp32 even under autocast: the grouping layer's channels start ~1e-3 apart (ChannelGrouping), below
+        # bf16's resolution at 1.0 (2^-7), and in bf16 they would round alike and never separate.
+        with torch.autocast(origin.device.type, enabled=False):
+            attn = self.grouping(fmap.float())  # (B,C,h,w); trained only by the grouping loss
         maps = group_maps(attn.detach(), c.groups)  # (B,G,h,w)
         chosen = torch.randint(c.groups, (origin.shape[0],), device=origin.device)  # fresh group per image, per step
         if c.masking == "semantic":
