@@ -280,6 +280,17 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def main(argv=None):
+    """Train as the command line says; -> exit code. Ctrl-C / SIGTERM save and stop the run (see train());
+    the handlers are put back as they were when it returns, so a script calling main() keeps its own."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        return train(argv)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def train(argv=None):
     args = parse_args(argv)
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
@@ -328,6 +339,7 @@ def main(argv=None):
     channels_last = device.type in ("cuda", "cpu")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     if device.type == "cuda" and distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

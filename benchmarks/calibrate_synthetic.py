@@ -54,9 +54,11 @@ def linear_probe(xtr, ytr, xte, yte, steps=300, wd=1e-4):
         return (head(xtr).argmax(1) == ytr).float().mean().item(), (head(xte).argmax(1) == yte).float().mean().item()
 
 
-def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3):
+def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, device="cpu"):
+    """Train `model` (default: a fresh torchvision ResNet-18) on the labels, in place: AdamW, one-cycle lr,
+    flip + small shift. uint8 images on the CPU; batches go to `device`. Returns the last test accuracy."""
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=7)
+    model = (model if model is not None else torchvision.models.resnet18(num_classes=7)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * (len(xtr) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
@@ -67,20 +69,21 @@ def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3):
         perm = torch.randperm(len(xtr))
         for k in range(len(xtr) // batch):
             idx = perm[k * batch:(k + 1) * batch]
-            x = data.normalize(xtr[idx])
+            x = data.normalize(xtr[idx].to(device))
             # light augmentation: flip and a shift of up to 1/16 of the image
             x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(3), x)
             pad = size // 16
             i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
             x = F.pad(x, [pad] * 4, mode="reflect")[:, :, i:i + size, j:j + size]
-            loss = F.cross_entropy(model(x), ytr[idx])
+            loss = F.cross_entropy(model(x), ytr[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         model.eval()
         with torch.no_grad():
-            acc = (torch.cat([model(data.normalize(xte[i:i + 250])).argmax(1) for i in range(0, len(xte), 250)]) == yte)
+            acc = (torch.cat([model(data.normalize(xte[i:i + 250].to(device))).argmax(1).cpu()
+                              for i in range(0, len(xte), 250)]) == yte)
         print(f"  epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy {acc.float().mean().item():.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
     return acc.float().mean().item()

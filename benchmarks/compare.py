@@ -36,15 +36,36 @@ ARMS = {  # name -> (run folder, train.py options); None: no pretraining; "super
 
 
 def supervised_trunk(args, seed, device):
-    """A trunk trained on the labels with the pretraining budget: same images seen, same view size."""
+    """A trunk trained on the labels with the pretraining budget (same images seen, same view size), by the
+    recipe of calibrate_synthetic.py: AdamW 2e-3, one-cycle lr, flip + small shift. (SGD with the probe's
+    RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of 4,000 faces.)"""
+    import torch.nn as nn
+    import calibrate_synthetic as calibrate
     cfg = train.SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
     trunk = evaluate.Backbone(cfg.backbone)
     train_base = data.get_dataset(args.data, args.root, "train", seed=seed, synthetic_count=args.num_synthetic)
     test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
-    evaluate.finetune(trunk, train_base, test_base, cfg.view_size, device, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=None, workers=args.workers, seed=seed)
-    return trunk.cpu(), cfg
+    (xtr, ytr), (xte, yte) = (labelled_images(b, cfg.view_size) for b in (train_base, test_base))
+    model = nn.Sequential(trunk, nn.Linear(trunk.dim, len(test_base.classes)))
+    accuracy = calibrate.supervised(xtr, ytr, xte, yte, args.epochs, seed, batch=args.batch_size, model=model,
+                                    device=device)
+    print(f"supervised trunk, seed {seed}: its own classifier {100 * accuracy:.1f} % on test", flush=True)
+    return trunk.cpu().eval(), cfg
+
+
+def labelled_images(base, size):
+    """A labelled dataset in memory: uint8 (n,3,size,size) images (plain resize) and (n,) labels."""
+    import calibrate_synthetic as calibrate
+    images, labels = [], []
+    for i in range(len(base)):
+        try:
+            img, label, _ = base[i]
+        except data.BadImageError:  # unreadable: left out, as the training loops do
+            continue
+        images.append(calibrate.resize(img[None], size)[0])
+        labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
 
 
 def evaluate_trunk(trunk, cfg, args, seed, device):

@@ -276,3 +276,11 @@ def test_auto_precision(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
     assert train.pick_precision("auto", cpu) == "fp32"
     assert train.pick_precision("auto", torch.device("mps")) == "fp32"
+
+
+def test_main_puts_signal_handlers_back(tmp_path):
+    """train.main installs its save-and-stop handlers only for the run: a script that calls it (compare.py)
+    must get its own Ctrl-C / SIGTERM behaviour back, or a later SIGTERM would be silently swallowed."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run"), "--knn-samples", "0"]) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

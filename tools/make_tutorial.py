@@ -225,8 +225,9 @@ fire on the same face region, channels of different groups on different ones. Ea
 attending to one part of the face.
 
 The reference code initialises the convolution's weights to 1.0: **every channel starts identical**, so
-before training all 32 group maps are the same map, and S is all ones. Section 7 shows them after some
-training.
+before training all 32 group maps are nearly the same map and S is nearly all ones. Identical channels get identical
+gradients, so here the weights carry a 10⁻³ perturbation that lets them drift apart (without it, under
+bf16 they never do). Section 7 shows the maps after some training.
 """)
 
 code(r'''
