@@ -19,11 +19,13 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
+import calibrate_synthetic as calibrate  # noqa: E402  (this folder)
 from simfle import SimFLE  # noqa: E402
 
 ARMS = {  # name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
@@ -39,8 +41,6 @@ def supervised_trunk(args, seed, device):
     """A trunk trained on the labels with the pretraining budget (same images seen, same view size), by the
     recipe of calibrate_synthetic.py: AdamW 2e-3, one-cycle lr, flip + small shift. (SGD with the probe's
     RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of 4,000 faces.)"""
-    import torch.nn as nn
-    import calibrate_synthetic as calibrate
     cfg = train.SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
     trunk = evaluate.Backbone(cfg.backbone)
@@ -56,7 +56,6 @@ def supervised_trunk(args, seed, device):
 
 def labelled_images(base, size):
     """A labelled dataset in memory: uint8 (n,3,size,size) images (plain resize) and (n,) labels."""
-    import calibrate_synthetic as calibrate
     images, labels = [], []
     for i in range(len(base)):
         try:
