@@ -71,7 +71,7 @@ def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, 
             idx = perm[k * batch:(k + 1) * batch]
             x = data.normalize(xtr[idx].to(device))
             # light augmentation: flip and a shift of up to 1/16 of the image
-            x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(3), x)
+            x = torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
             pad = size // 16
             i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
             x = F.pad(x, [pad] * 4, mode="reflect")[:, :, i:i + size, j:j + size]
