@@ -15,6 +15,7 @@ image coordinates: (0, 0) is the top-left corner of the top-left pixel, (W, H) t
 import csv
 import math
 import os
+import sys
 import warnings
 from functools import lru_cache
 
@@ -27,6 +28,7 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_image, read_file
+from tqdm import tqdm
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; they still work, are the fastest
 # decoders torchvision ships, and a warning per decoded image would bury the ones about unreadable files.
@@ -342,19 +344,25 @@ def _images(root, split):
     return FaceDataset("images", [], paths, [-1] * len(paths)), root
 
 
-def get_dataset(name, root=None, split="train", *, seed=0, synthetic_size=112, synthetic_count=None):
+def get_dataset(name, root=None, split="train", *, seed=0, synthetic_size=112, synthetic_count=None,
+                synthetic_look="aligned", render=False):
     """The named dataset's split as a FaceDataset; root defaults to data/<name>.
 
     split "test" is: RAF-DB's test list, FERPlus's PublicTest rows, FER2013's PublicTest + PrivateTest rows,
-    AffectNet's validation list, SFEW's Val/, a folder's test/ (or val/), a fresh synthetic stream.
+    AffectNet's validation list, SFEW's Val/, a folder's test/ (or val/), a fresh synthetic stream. Split "val"
+    exists for the synthetic faces only (a third stream, for choosing settings without reading test).
+    render=True draws synthetic faces once into memory (SyntheticFaces.render).
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise DatasetError(f"unknown split '{split}'; choose train or test")
+    if split not in ("train", "val", "test"):
+        raise DatasetError(f"unknown split '{split}'; choose train, val or test")
     if name == "synthetic":
         count = synthetic_count or (4000 if split == "train" else 1000)
-        return SyntheticFaces(count, synthetic_size, seed=seed, split=split)
+        faces = SyntheticFaces(count, synthetic_size, seed=seed, split=split, look=synthetic_look)
+        return faces.render() if render else faces
+    if split == "val":
+        raise DatasetError(f"{name}: only the synthetic faces have a val split; {name} has train and test")
     root = os.fspath(root if root is not None else os.path.join("data", name))
     loaders = {"rafdb": _rafdb, "ferplus": _ferplus, "fer2013": _fer2013, "sfew": _sfew, "folder": _folder,
                "images": _images, "affectnet7": lambda r, s: _affectnet(r, s, 7), "affectnet8": lambda r, s: _affectnet(r, s, 8)}
@@ -394,6 +402,8 @@ EXPRESSIONS = np.array([  # one row per class, in RAF-DB's order; columns as ACT
 ], dtype=np.float32)
 AU_NOISE = 0.15  # spread of every action unit around its class prototype
 EXTENT = 1.6  # face units from the image centre to its edge, at scale 1
+ALIGNED_EYE_DX, ALIGNED_EYE_Y = 0.36, -0.3  # aligned look: eye centres at 32 % / 68 % of the width, 35 % of the height
+LOOKS = ("aligned", "scene")
 SKIN = np.array([[0.98, 0.84, 0.72], [0.36, 0.22, 0.15]], dtype=np.float32)  # lightest, darkest
 HAIR = np.array([[0.08, 0.06, 0.05], [0.32, 0.2, 0.11], [0.8, 0.64, 0.36], [0.55, 0.22, 0.08], [0.68, 0.68, 0.66]],
                 dtype=np.float32)
@@ -475,8 +485,13 @@ class _Canvas:
         self.paint(w, alpha if mask is None else alpha * mask[w], colour)
 
 
-def draw_face(rng, label, n):
-    """One random face showing expression `label` -> (uint8 [3, n, n], float32 [15, 2] pixel landmarks)."""
+def draw_face(rng, label, n, look="aligned"):
+    """One random face showing expression `label` -> (uint8 [3, n, n], float32 [15, 2] pixel landmarks).
+
+    look "aligned": a tight, aligned face crop as RAF-DB's aligned/, AffectNet's and FERPlus's faces are (the
+    face fills the frame, the eyes at a fixed height and distance, ±5° of roll); "scene": head and shoulders in
+    a cluttered scene, ±15° of roll, 0.85-1.15 scale.
+    """
     u = rng.uniform
     au = EXPRESSIONS[label] * u(0.3, 1.0) + rng.normal(0, AU_NOISE, len(ACTION_UNITS)).astype(np.float32)
     au = dict(zip(ACTION_UNITS, au))
@@ -491,7 +506,12 @@ def draw_face(rng, label, n):
     nose_y, nose_w = u(0.2, 0.32), u(0.09, 0.14)
     mouth_y, mouth_w, lip = u(0.56, 0.68), u(0.24, 0.33), u(0.035, 0.06)
     # nuisances: pose, background, lighting, noise
-    cv = _Canvas(n, math.radians(u(-15, 15)), u(0.85, 1.15), u(-0.1, 0.1, 2))
+    if look == "aligned":  # the eye centres land near (±ALIGNED_EYE_DX, ALIGNED_EYE_Y) in [-1, 1] image units
+        scale = EXTENT * ALIGNED_EYE_DX / eye_dx * u(0.95, 1.05)
+        k = EXTENT / scale
+        cv = _Canvas(n, math.radians(u(-5, 5)), scale, (u(-0.03, 0.03), ALIGNED_EYE_Y - eye_y / k + u(-0.03, 0.03)))
+    else:
+        cv = _Canvas(n, math.radians(u(-15, 15)), u(0.85, 1.15), u(-0.1, 0.1, 2))
     x, y, noise = _pixel_grid(n)
     phi = u(0, 2 * math.pi)
     c0, c1 = rng.uniform(0, 1, (2, 3)).astype(np.float32)
@@ -597,21 +617,69 @@ def draw_face(rng, label, n):
 
 
 class SyntheticFaces(FaceDataset):
-    """Procedural faces: item i is a pure function of (seed, split, i); train and test are disjoint streams."""
+    """Procedural faces: item i is a pure function of (seed, split, look, i); train, val and test are disjoint streams.
 
-    def __init__(self, count, size=112, seed=0, split="train"):
+    render() draws the whole set once into uint8 tensors (count x 3 x size x size bytes, 150 MB for 4,000 faces
+    at 112 px), so that later epochs pay only for the augmentation.
+    """
+
+    def __init__(self, count, size=112, seed=0, split="train", look="aligned"):
         super().__init__("synthetic", RAFDB_CLASSES, [], [i % 7 for i in range(count)],
                          landmark_names=SYNTHETIC_LANDMARKS, eye_idx=(4, 7))
-        self.size, self.seed, self.stream = size, seed, ["train", "test"].index(split)
+        if look not in LOOKS:
+            raise DatasetError(f"synthetic: unknown look '{look}'; choose one of {', '.join(LOOKS)}")
+        self.size, self.seed, self.look = size, seed, look
+        self.stream = ["train", "test", "val"].index(split)
+        self.images = self.marks = None
+
+    def draw(self, i):
+        return draw_face(np.random.default_rng([self.seed, self.stream, i]), self.labels[i], self.size, self.look)
+
+    def render(self, progress=True):
+        """Draw every face now and keep them: -> self."""
+        if self.images is None:
+            images = torch.empty(len(self), 3, self.size, self.size, dtype=torch.uint8)
+            marks = torch.empty(len(self), len(SYNTHETIC_LANDMARKS), 2)
+            for i in tqdm(range(len(self)), desc=f"rendering {len(self)} synthetic faces", disable=not progress,
+                          leave=False, **progress_options()):
+                images[i], marks[i] = self.draw(i)
+            self.images, self.marks = images, marks
+        return self
 
     def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        image, landmarks = draw_face(np.random.default_rng([self.seed, self.stream, i]), self.labels[i], self.size)
+        if self.images is not None:
+            return self.images[i], self.labels[i], self.marks[i]
+        image, landmarks = self.draw(i)
         return image, self.labels[i], landmarks
 
 
 # ----------------------------------------------------------------------------- views (per image, uint8, in workers)
+
+
+class _Lines:
+    """A stream for tqdm when the output is not a terminal (a log file, CI, nohup): every refresh becomes its own
+    line instead of a carriage return that rewrites one endless line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        for line in text.replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_options():
+    """tqdm options shared by every progress bar of the project: a live bar on a terminal; in a file, one plain
+    line of at most 120 characters every 30 s (and the final one)."""
+    if sys.stderr.isatty():
+        return {"dynamic_ncols": True}
+    return {"file": _Lines(sys.stderr), "ncols": 120, "mininterval": 30, "maxinterval": 60}
 
 
 def _item_seed(seed, epoch, index):
@@ -654,14 +722,14 @@ class PretrainView(_Seeded):
     The Gaussian blur of each view is drawn here (sigma) but applied per batch in pretrain_batch.
     """
 
-    def __init__(self, base, view_size=224, origin_size=112, seed=0):
+    def __init__(self, base, view_size=224, origin_size=112, seed=0, crop_scale=0.08):
         super().__init__(base, seed)
-        self.view_size, self.origin_size = view_size, origin_size
+        self.view_size, self.origin_size, self.crop_scale = view_size, origin_size, crop_scale
         self.colour = v2.Compose([v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), v2.RandomGrayscale(p=0.2)])
 
     def view(self, img):
         v = self.view_size
-        top, left, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+        top, left, h, w = T.RandomResizedCrop.get_params(img, scale=[self.crop_scale, 1.0], ratio=[3 / 4, 4 / 3])
         crop = img[:, top:top + h, left:left + w]
         # Colour jitter and grayscale act on each pixel alone (contrast also uses the image mean, which resizing
         # keeps), so they give the same view before or after the resize; do them at whichever size is smaller.

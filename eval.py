@@ -22,10 +22,65 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data
-from simfle import Backbone, SimFLEConfig
-from train import CheckpointError, embed, knn_predict, load_checkpoint, pick_device, run_cli
+from simfle import Backbone, SimFLE, SimFLEConfig, group_maps, keep_top_patches, semantic_patch_scores
 
+CHECKPOINT_FORMAT = "simfle-checkpoint-v1"
 PROBE_FORMAT = "simfle-probe-v1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- device, checkpoints, command line
+
+
+def pick_device(name):
+    """cuda -> mps -> cpu unless told."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} asked for, but no CUDA GPU is visible. Use --device cpu.")
+    return device
+
+
+def load_checkpoint(path):
+    """Load a SimFLE checkpoint with weights_only=True (a checkpoint file can never run code)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refusing code, a truncated zip, a text file, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a loadable SimFLE checkpoint (truncated, corrupt, or it contains "
+                              f"code, which is never executed): {first}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a SimFLE checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
+                              f"train one with train.py, or use eval.py --ckpt random")
+    try:
+        ckpt["config_obj"] = SimFLEConfig(**ckpt["config"]).validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} holds an unknown model configuration: {e}") from None
+    return ckpt
+
+
+def run_cli(main, argv=None):
+    """Run a script's main(); user mistakes become one message and a non-zero exit instead of a traceback."""
+    try:
+        return main(argv)
+    except (data.DatasetError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:
+        given = " ".join(sys.argv[1:] if argv is None else argv) or "the defaults"
+        print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, or "
+              f"--precision bf16/fp16; the run folder's last.pt still holds the last completed epoch.", file=sys.stderr)
+        return 4
 
 
 # ----------------------------------------------------------------------------- the trunk
@@ -38,10 +93,10 @@ def load_trunk(ckpt, preset="tiny", state=None):
     """
     if ckpt == "random":
         cfg = SimFLEConfig.preset(preset)
-        return Backbone(cfg.backbone), cfg, f"random {cfg.backbone}"
+        return Backbone(cfg.backbone, cfg.stem), cfg, f"random {cfg.backbone}"
     state = state if state is not None else load_checkpoint(ckpt)
     cfg = state["config_obj"]
-    trunk = Backbone(cfg.backbone)
+    trunk = Backbone(cfg.backbone, cfg.stem)
     weights = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
     try:
         trunk.load_state_dict(weights)
@@ -51,12 +106,53 @@ def load_trunk(ckpt, preset="tiny", state=None):
     return trunk, cfg, ckpt
 
 
+def load_model(ckpt, state=None):
+    """The whole SimFLE model of a train.py checkpoint (for the masking it learned): -> (SimFLE, config)."""
+    state = state if state is not None else load_checkpoint(ckpt)
+    model = SimFLE(state["config_obj"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt} does not fit its own config: {str(e).splitlines()[0]}") from None
+    return model, state["config_obj"]
+
+
 def loader(dataset, batch_size, workers, shuffle=False, seed=0):
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=data.collate,
                       generator=torch.Generator().manual_seed(seed), drop_last=False)
 
 
-# ----------------------------------------------------------------------------- metrics
+# ----------------------------------------------------------------------------- features and metrics
+
+
+@torch.no_grad()
+def embed(trunk, loader, device):
+    """Pooled trunk features of a probe loader: -> (n,C) features, (n,) labels."""
+    feats, labels = [], []
+    for batch, _ in loader:
+        if batch is None:
+            continue
+        images, y, _ = data.probe_batch(batch, device)
+        feats.append(trunk(images).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_predict(train_x, train_y, test_x, num_classes, k=20, temperature=0.07):
+    """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> predicted classes."""
+    train_x, test_x = torch.nn.functional.normalize(train_x, dim=1), torch.nn.functional.normalize(test_x, dim=1)
+    sim, idx = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
+    votes = torch.zeros(len(test_x), num_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
+    return votes.argmax(1)
+
+
+def capped(dataset, n, seed=0):
+    """A fixed random subset of at most n items, the same every epoch."""
+    if n >= len(dataset):
+        return dataset
+    return torch.utils.data.Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+
+
 
 
 def classification_report(pred, target, classes):
@@ -276,6 +372,46 @@ def landmark_probe(trunk, train_base, test_base, size, device, workers=0, max_tr
             "num_landmarks": test_base.num_landmarks, "feature_dim": x.shape[1], "image_size": size}
 
 
+@torch.no_grad()
+def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
+    """Share of a face's landmarks that fall in *visible* patches under semantic masking (paper §3: the kept
+    patches should be the facial landmarks), and what random masking gives.
+
+    Each image's masking is scored for every one of the G groups (training draws one at random, so this is the
+    expectation over that draw), with BatchNorm in train mode on batches of `batch_size` origin images, as the
+    masks are made in training; the model itself is not changed. Random masking keeps K of N patches whatever
+    the image, so a landmark inside the image is visible with probability K/N (12/49 = 24.5 %).
+    -> {"semantic": rate, "random": K/N, "per_group": [rate per group], "best_group": rate of the best group}
+    """
+    c = model.config
+    if not c.use_facemae:
+        raise ValueError("the landmark hit rate needs a model with FaceMAE (use_facemae=True)")
+    if not dataset.num_landmarks:
+        raise data.DatasetError(f"the landmark hit rate needs a dataset with landmarks; {dataset.name} has none")
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}  # train-mode BN moves running statistics
+    model = model.to(device).train()
+    grid = c.origin_size // c.patch_size
+    hits, total = torch.zeros(c.groups), 0
+    for batch, _ in loader(data.ProbeView(dataset, c.origin_size, train=False), batch_size, workers):
+        if batch is None:
+            continue
+        origin, _, marks = data.probe_batch(batch, device)  # marks in [0, 1] of the image
+        maps = group_maps(model.grouping(model.backbone.feature_map(origin).float()), c.groups)  # (B,G,h,w)
+        col, row = (marks * grid).floor().long().unbind(-1)  # (B,L) patch column and row of each landmark
+        inside = (col >= 0) & (col < grid) & (row >= 0) & (row < grid)
+        patch = (row.clamp(0, grid - 1) * grid + col.clamp(0, grid - 1))  # (B,L)
+        for g in range(c.groups):
+            chosen = torch.full((origin.shape[0],), g, device=device)
+            _, mask, _ = keep_top_patches(semantic_patch_scores(maps, chosen, c.origin_size, c.patch_size), c.num_visible)
+            visible = (mask.gather(1, patch) == 0) & inside  # (B,L)
+            hits[g] += visible.float().sum().cpu()
+        total += marks.shape[0] * marks.shape[1]
+    model.load_state_dict(snapshot)
+    per_group = (hits / max(total, 1)).tolist()
+    return {"semantic": sum(per_group) / len(per_group), "random": c.num_visible / c.num_patches,
+            "per_group": per_group, "best_group": max(per_group), "images": len(dataset)}
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -284,6 +420,11 @@ def print_report(r, classes, title):
     if r["mode"] == "landmarks":
         print(f"landmark NME (inter-ocular): {100 * r['nme']:.2f} %   (mean-shape baseline: "
               f"{100 * r['nme_mean_shape']:.2f} %)   ridge lambda {r['ridge_lambda']:g} chosen on a train hold-out")
+        if "hit_rate" in r:
+            h, u = r["hit_rate"], r["hit_rate_untrained"]
+            print(f"landmark hit rate (landmarks in visible patches, mean over the {len(h['per_group'])} groups): "
+                  f"semantic masking {100 * h['semantic']:.1f} % (best group {100 * h['best_group']:.1f} %); "
+                  f"the same model untrained {100 * u['semantic']:.1f} %; random masking {100 * h['random']:.1f} %")
         return
     if "last_epoch_accuracy" in r:
         print(f"accuracy, last epoch:  {100 * r['last_epoch_accuracy']:.2f} %")
@@ -296,17 +437,17 @@ def print_report(r, classes, title):
     print(confusion_text(r["confusion"], classes))
 
 
-def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256):
+def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256, look="aligned"):
     """After pretraining: linear probe (cached features) of the trained trunk and of a random trunk, side by side.
 
     Batch 256 rather than the paper's 1024: a few thousand cached features make only a handful of batches of
     1024 an epoch, too few steps for the head to converge in a quick check.
     """
-    train_base = data.get_dataset(data_name, root, "train", seed=seed)
-    test_base = data.get_dataset(data_name, root, "test", seed=seed)
+    train_base = data.get_dataset(data_name, root, "train", seed=seed, synthetic_look=look, render=True)
+    test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look, render=True)
     trained, cfg, _ = load_trunk(ckpt)
     torch.manual_seed(seed)
-    random_trunk = Backbone(cfg.backbone)
+    random_trunk = Backbone(cfg.backbone, cfg.stem)
     results = {}
     for name, trunk in (("pretrained", trained), ("random", random_trunk)):
         results[name], _ = linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=epochs,
@@ -370,6 +511,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--look", default=None, choices=list(data.LOOKS),
+                   help="synthetic faces: default the look the checkpoint was trained on (aligned for --ckpt random)")
     p.add_argument("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
     p.add_argument("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
     args = p.parse_args(argv)
@@ -389,8 +532,10 @@ def main(argv=None):
     out = args.out or (os.path.dirname(os.path.abspath(args.ckpt)) if args.ckpt != "random"
                        else os.path.join("runs", f"random-{args.preset}"))
     os.makedirs(out, exist_ok=True)
-    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed)
-    test_base = data.get_dataset(args.data, args.root, "test", seed=args.seed)
+    if args.look is None:  # checkpoints from before the look option were trained on the scene look
+        args.look = "aligned" if state is None else state["train"].get("look", "scene")
+    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_look=args.look, render=True)
+    test_base = data.get_dataset(args.data, args.root, "test", seed=args.seed, synthetic_look=args.look, render=True)
     if not test_base.classes:
         raise data.DatasetError(f"{args.data} has no labels to evaluate with")
     classes = test_base.classes
@@ -410,6 +555,10 @@ def main(argv=None):
                           args.lr, args.workers, args.seed)
     else:
         report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers, seed=args.seed)
+        if state is not None and cfg.use_facemae:  # the masking itself: trained, and the same config untrained
+            report["hit_rate"] = landmark_hit_rate(load_model(args.ckpt, state)[0], test_base, device, workers=args.workers)
+            torch.manual_seed(args.seed)
+            report["hit_rate_untrained"] = landmark_hit_rate(SimFLE(cfg), test_base, device, workers=args.workers)
     report.update({"checkpoint": args.ckpt, "data": args.data, "classes": classes, "seconds": time.time() - t0})
     print_report(report, classes, f"{args.mode} evaluation of {name} on {args.data}")
     stem = os.path.join(out, f"eval_{args.mode}_{args.data}")

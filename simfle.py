@@ -39,15 +39,17 @@ class Backbone(nn.Module):
     `torchvision.models.resnetXX()` with only `fc.*` missing.
     """
 
-    def __init__(self, name="resnet50"):
+    def __init__(self, name="resnet50", stem="imagenet"):
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)  # random init, as the paper
+        if stem == "small":  # small images (SimCLR's / BYOL's CIFAR variant): 3×3 stride-1 conv, no max-pool
+            net.conv1, net.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.dim = net.fc.in_features  # C
 
     def feature_map(self, x):
-        """Last (layer-4) feature map: (B,3,H,W) -> (B,C,h,w), h = H/32 rounded up."""
+        """Last (layer-4) feature map: (B,3,H,W) -> (B,C,h,w), h = H/32 rounded up (H/8 with the small stem)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -256,6 +258,7 @@ def distillation_loss(w, t, temperature):
 class SimFLEConfig:
     """Every knob of the model; the defaults are the paper's / reference code's numbers."""
     backbone: str = "resnet50"       # resnet18 | resnet34 | resnet50
+    stem: str = "imagenet"           # imagenet (7×7 stride 2 + max-pool) | small (3×3 stride 1, for small images)
     gfl: str = "byol"                # GFL two-view method: byol | simclr | barlow (the paper: "modular")
     use_facemae: bool = True         # False: the GFL method alone, the baseline SimFLE beats
     masking: str = "semantic"        # semantic | random (the paper's ablation)
@@ -300,6 +303,7 @@ class SimFLEConfig:
         """Reject impossible settings with a message that says which field and why."""
         checks = [
             (self.backbone in ("resnet18", "resnet34", "resnet50"), "backbone must be resnet18, resnet34 or resnet50"),
+            (self.stem in ("imagenet", "small"), "stem must be imagenet or small"),
             (self.gfl in ("byol", "simclr", "barlow"), "gfl must be byol, simclr or barlow"),
             (self.masking in ("semantic", "random"), "masking must be semantic or random"),
             (0 < self.mask_ratio < 1, "mask_ratio must be in (0, 1)"),
@@ -344,7 +348,7 @@ class SimFLE(nn.Module):
         self.config = c = config.validate()
         C = c.backbone_channels
         # GFL, online network: backbone -> projector (-> predictor for BYOL)
-        self.backbone = Backbone(c.backbone)
+        self.backbone = Backbone(c.backbone, c.stem)
         self.projector = MLPHead(C, c.head_hidden, c.head_out)
         self.predictor = MLPHead(c.head_out, c.head_hidden, c.head_out) if c.gfl == "byol" else None
         # GFL, target network (BYOL only): an EMA copy of backbone + projector, never trained by gradients

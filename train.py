@@ -26,17 +26,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
+from eval import (CHECKPOINT_FORMAT, CheckpointError, capped, compare_with_random, embed, knn_predict, load_checkpoint,
+                  pick_device, run_cli)
 from simfle import SimFLE, SimFLEConfig
 
-CHECKPOINT_FORMAT = "simfle-checkpoint-v1"
 # training defaults per preset (the paper: batch 256, 100 epochs; tiny: a few minutes on a laptop CPU)
-TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256), "tiny": dict(epochs=2, batch_size=64)}
+TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
+                  "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
 # options that belong to this invocation, never taken from a checkpoint on --resume
 RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "out", "stop_after_steps"}
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message says why and what to do."""
 
 
 # ----------------------------------------------------------------------------- options
@@ -81,6 +79,12 @@ def build_parser():
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     p.add_argument("--num-synthetic", type=int, default=None, help="size of the synthetic training set")
+    p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
+                   help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders scenes")
+    p.add_argument("--crop-scale", type=float, default=None,
+                   help="smallest area of a view's RandomResizedCrop (paper: 0.08)")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear lr warm-up over this many epochs, per step (paper: 0)")
     p.add_argument("--knn-samples", type=int, default=1000, help="cap on each split for the k-NN monitor (0: off)")
     p.add_argument("--probe", type=str2bool, default=None, metavar="BOOL",
                    help="linear probe after training vs a random trunk (default: on for synthetic)")
@@ -145,20 +149,6 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- device and precision
 
 
-def pick_device(name):
-    """cuda -> mps -> cpu unless told."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for, but no CUDA GPU is visible. Use --device cpu.")
-    return device
-
-
 def cpu_has_native_bf16():
     """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays (benchmarks/README.md)."""
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
@@ -188,26 +178,6 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """Load a SimFLE checkpoint with weights_only=True (a checkpoint file can never run code)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle refusing code, a truncated zip, a text file, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a loadable SimFLE checkpoint (truncated, corrupt, or it contains "
-                              f"code, which is never executed): {first}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a SimFLE checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
-                              f"train one with train.py, or use eval.py --ckpt random")
-    try:
-        ckpt["config_obj"] = SimFLEConfig(**ckpt["config"]).validate()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} holds an unknown model configuration: {e}") from None
-    return ckpt
-
-
 def rng_state(device):
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -221,38 +191,28 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-# ----------------------------------------------------------------------------- monitoring
+# ----------------------------------------------------------------------------- the run's pieces
 
 
-@torch.no_grad()
-def embed(trunk, loader, device):
-    """Pooled trunk features of a probe loader: -> (n,C) features, (n,) labels."""
-    feats, labels = [], []
-    for batch, _ in loader:
-        if batch is None:
-            continue
-        images, y, _ = data.probe_batch(batch, device)
-        feats.append(trunk(images).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(feats), torch.cat(labels)
+class Setup:
+    """Where this process trains: device, precision, and its place among DDP processes (torchrun sets RANK)."""
 
+    def __init__(self, args):
+        self.distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.rank, self.world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if self.distributed else (0, 1)
+        self.main = self.rank == 0
+        if self.distributed and (args.device == "auto" and torch.cuda.is_available() or args.device == "cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.device = pick_device(args.device)
+        if self.distributed:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.precision = pick_precision(args.precision, self.device)
 
-def knn_predict(train_x, train_y, test_x, num_classes, k=20, temperature=0.07):
-    """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> predicted classes."""
-    train_x, test_x = torch.nn.functional.normalize(train_x, dim=1), torch.nn.functional.normalize(test_x, dim=1)
-    sim, idx = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
-    votes = torch.zeros(len(test_x), num_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
-    return votes.argmax(1)
-
-
-def capped(dataset, n, seed=0):
-    """A fixed random subset of at most n items, the same every epoch."""
-    if n >= len(dataset):
-        return dataset
-    return torch.utils.data.Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
-
-
-# ----------------------------------------------------------------------------- training
+    def say(self, *a, **k):
+        if self.main:
+            print(*a, **k)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -279,8 +239,150 @@ class EpochSampler(torch.utils.data.Sampler):
         return (self.steps - self.start) * self.batch_size
 
 
+def build_data(args, setup, cfg):
+    """The unlabelled training views and one DataLoader for the whole run: -> (train_base, loader, steps/epoch)."""
+    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_count=args.num_synthetic,
+                                  synthetic_look=args.look, render=True)
+    pretrain_set = data.PretrainView(train_base, cfg.view_size, cfg.origin_size, seed=args.seed, crop_scale=args.crop_scale)
+    per_rank = args.batch_size // setup.world
+    if per_rank < 2:
+        raise SystemExit(f"error: --batch-size {args.batch_size} over {setup.world} processes leaves fewer than "
+                         f"2 images per process; BatchNorm needs at least 2")
+    if len(pretrain_set) < args.batch_size:
+        raise SystemExit(f"error: the {args.data} training split has {len(pretrain_set)} images, fewer than "
+                         f"one batch of {args.batch_size}; use a smaller --batch-size")
+    order = DistributedSampler(pretrain_set, num_replicas=setup.world, rank=setup.rank, shuffle=True, seed=args.seed,
+                               drop_last=True)
+    steps_per_epoch = len(order) // per_rank
+    if args.max_steps:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps)
+    loader = DataLoader(pretrain_set, batch_size=per_rank, sampler=EpochSampler(order, per_rank, steps_per_epoch),
+                        num_workers=args.workers, collate_fn=data.collate, pin_memory=setup.device.type == "cuda",
+                        drop_last=True, persistent_workers=args.workers > 0,  # 1.4-1.7x on the loader (benchmarks/)
+                        generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
+    return train_base, loader, steps_per_epoch
+
+
+def build_monitor(args, setup, train_base):
+    """Loaders of the k-NN monitor (labelled data only, main process): -> [train, held-out] or None."""
+    if args.knn_samples <= 0 or not train_base.classes or not setup.main:
+        return None
+    try:  # the monitor reads the val split where there is one, so that watching it never reads test
+        held_out = data.get_dataset(args.data, args.root, "val" if args.data == "synthetic" else "test", seed=args.seed,
+                                    synthetic_look=args.look, render=True)
+    except data.DatasetError as e:
+        setup.say(f"k-NN monitor off: {e}")
+        return None
+    return [DataLoader(capped(data.ProbeView(b, args.config.view_size, train=False), args.knn_samples), batch_size=256,
+                       num_workers=args.workers, collate_fn=data.collate, generator=torch.Generator().manual_seed(args.seed))
+            for b in (train_base, held_out)]
+
+
+class NonFiniteLoss(Exception):
+    """A loss part became NaN or infinite; the weights were not updated."""
+
+
+class Trainer:
+    """The model and what updates it; step() is one SimFLE training step."""
+
+    def __init__(self, cfg, setup, lr, weight_decay, compile=False):
+        device = setup.device
+        self.raw_model = model = SimFLE(cfg).to(device)  # checkpoints are saved from this uncompiled, unwrapped module
+        # channels_last: on an H200 1.6x over bf16 alone; on a 2-core CPU 1.2x in fp32, and what makes CPU bf16
+        # pay, since oneDNN's bf16 convolutions want it (benchmarks/README.md)
+        self.channels_last = device.type in ("cuda", "cpu")
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+            if setup.distributed:
+                model = self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=setup.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.precision)
+        self.device, self.model = device, model
+        if compile:
+            self.model = torch.compile(self.model)
+        if setup.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def step(self, batch, lr):
+        """Augment on the device, forward, check, backward, SGD, EMA (paper §3): -> the loss parts as floats."""
+        origin, view1, view2 = data.pretrain_batch(batch, self.device)  # blur + normalisation, batched
+        if self.channels_last:
+            origin, view1, view2 = (x.contiguous(memory_format=torch.channels_last) for x in (origin, view1, view2))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)  # free last step's gradients before the forward's activations peak
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss, parts = self.model(origin, view1, view2)  # L = L_s + L_r + α·L_d + β·L_g
+        values = {k: v.item() for k, v in parts.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:  # stop before the optimizer touches the weights; last.pt keeps the last good state
+            raise NonFiniteLoss(", ".join(bad))
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.raw_model.update_target()  # EMA of the target after every optimizer step
+        return values
+
+    def state(self):
+        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load(self, ckpt, path):
+        try:
+            self.raw_model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def learning_rate(args, epoch, step, steps_per_epoch):
+    """Cosine decay per epoch (the paper), after an optional linear warm-up per step (the paper has none)."""
+    lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    warmup = round(args.warmup_epochs * steps_per_epoch)
+    return lr * min(1.0, (step + 1) / warmup) if warmup else lr
+
+
+class Stop:
+    """SIGINT / SIGTERM (and --stop-after-steps) ask the run to finish its step, save and stop."""
+
+    def __init__(self, setup, out):
+        self.reason, self.setup, self.out = None, setup, out
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
+
+    def on_signal(self, signum, frame):
+        if self.reason is not None:  # a second Ctrl-C gives up at once; last.pt stays valid
+            raise KeyboardInterrupt
+        self.reason = signum
+        self.setup.say(f"\n{signal.Signals(signum).name} received: finishing this step and saving {self.out}/last.pt ...")
+
+    def agreed(self):
+        """With DDP every process stops at the same step: any one's reason stops them all."""
+        if self.setup.distributed:
+            flag = torch.tensor([self.reason is not None], dtype=torch.float32, device=self.setup.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and self.reason is None:
+                self.reason = signal.SIGTERM
+        return self.reason is not None
+
+    def exit_code(self, ckpt_path):
+        if self.reason == "steps":
+            self.setup.say(f"stopped after --stop-after-steps; continue with: python train.py --resume {ckpt_path}")
+            return 0
+        self.setup.say(f"saved {ckpt_path}. Resume with: python train.py --resume {ckpt_path}")
+        return 130 if self.reason == signal.SIGINT else 143
+
+
+# ----------------------------------------------------------------------------- training
+
+
 def main(argv=None):
-    """Train as the command line says; -> exit code. Ctrl-C / SIGTERM save and stop the run (see train());
+    """Train as the command line says; -> exit code. Ctrl-C / SIGTERM save and stop the run (see Stop);
     the handlers are put back as they were when it returns, so a script calling main() keeps its own."""
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
@@ -291,231 +393,135 @@ def main(argv=None):
 
 
 def train(argv=None):
+    """The procedure: set up, build the data and the model (or resume), loop over epochs, checkpoint, probe."""
     args = parse_args(argv)
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
-    main_process = rank == 0
-    if distributed:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        if args.device == "auto" and torch.cuda.is_available():
-            args.device = f"cuda:{local}"
-        elif args.device == "cuda":
-            args.device = f"cuda:{local}"
-    device = pick_device(args.device)
-    if distributed:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    precision = pick_precision(args.precision, device)
-    say = print if main_process else (lambda *a, **k: None)
-
-    cfg, ckpt = args.config, args.ckpt
-    torch.manual_seed(args.seed + rank)
-
-    # data: the training split, labels unused; test split for the k-NN monitor when labelled
-    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_count=args.num_synthetic)
-    pretrain_set = data.PretrainView(train_base, cfg.view_size, cfg.origin_size, seed=args.seed)
-    per_rank = args.batch_size // world
-    if per_rank < 2:
-        raise SystemExit(f"error: --batch-size {args.batch_size} over {world} processes leaves fewer than "
-                         f"2 images per process; BatchNorm needs at least 2")
-    if len(pretrain_set) < args.batch_size:
-        raise SystemExit(f"error: the {args.data} training split has {len(pretrain_set)} images, fewer than "
-                         f"one batch of {args.batch_size}; use a smaller --batch-size")
-    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
-    sampler = DistributedSampler(pretrain_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // per_rank
-    if args.max_steps:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps)
-    epoch_sampler = EpochSampler(sampler, per_rank, steps_per_epoch)
-    loader = DataLoader(pretrain_set, batch_size=per_rank, sampler=epoch_sampler, num_workers=workers,
-                        collate_fn=data.collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=workers > 0,  # measured 1.4-1.7x on the loader (benchmarks/README.md)
-                        generator=torch.Generator().manual_seed(args.seed))  # keeps the global RNG untouched
-
-    model = SimFLE(cfg).to(device)
-    # measured (benchmarks/README.md): on an H200 1.6x over bf16 alone; on a 2-core CPU 1.2x in fp32, and what
-    # makes CPU bf16 pay (oneDNN's bf16 convolutions want channels-last)
-    channels_last = device.type in ("cuda", "cpu")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-    if device.type == "cuda" and distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start_epoch, start_step, global_step = 0, 0, 0
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{args.resume} does not fit this model: {str(e).splitlines()[0]}") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_step, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
-        set_rng_state(ckpt["rng"], device)
-        if start_step >= steps_per_epoch:
-            start_epoch, start_step = start_epoch + 1, 0
-    raw_model = model  # checkpoints are saved from the uncompiled, unwrapped module
-    if args.compile:
-        model = torch.compile(model)
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    knn_sets = None
-    if args.knn_samples > 0 and train_base.classes and main_process:
-        try:
-            test_base = data.get_dataset(args.data, args.root, "test", seed=args.seed)
-            knn_sets = [DataLoader(capped(data.ProbeView(b, cfg.view_size, train=False), args.knn_samples),
-                                   batch_size=256, num_workers=workers, collate_fn=data.collate,
-                                   generator=torch.Generator().manual_seed(args.seed))
-                        for b in (train_base, test_base)]
-        except data.DatasetError as e:
-            say(f"k-NN monitor off: {e}")
-
-    os.makedirs(args.out, exist_ok=True)
-    run_info = {"model": cfg.to_dict(), "train": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "ckpt")},
-                "device": str(device), "precision": precision, "world_size": world, "torch": torch.__version__}
-    if main_process:
-        say(json.dumps(run_info, indent=2))
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(run_info, f, indent=2)
-        say(f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.1f} M parameters; {len(pretrain_set)} images, "
-            f"{steps_per_epoch} steps/epoch on {device} ({precision}), {workers} workers")
-
-    # SIGINT / SIGTERM: finish the step, save, tell how to resume
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        if stop["signal"] is not None:  # a second Ctrl-C gives up at once; last.pt stays valid
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-        say(f"\n{signal.Signals(signum).name} received: finishing this step and saving {args.out}/last.pt ...")
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
+    setup = Setup(args)
+    torch.manual_seed(args.seed + setup.rank)
+    if args.workers is None:
+        args.workers = min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 0
+    train_base, loader, steps_per_epoch = build_data(args, setup, args.config)
+    trainer = Trainer(args.config, setup, args.lr, args.weight_decay, args.compile)
+    position = {"epoch": 0, "step_in_epoch": 0, "step": 0, "progress": {}}
+    if args.ckpt is not None:
+        trainer.load(args.ckpt, args.resume)
+        position = {k: args.ckpt[k] for k in position}
+        set_rng_state(args.ckpt["rng"], setup.device)
+    knn_sets = build_monitor(args, setup, train_base)
+    run_info = write_run_info(args, setup, trainer, len(loader.dataset), steps_per_epoch)
     ckpt_path = os.path.join(args.out, "last.pt")
-    progress = ckpt["progress"] if ckpt is not None else {}  # running sums of an epoch cut by an interrupt
 
     def checkpoint(epoch, step_in_epoch, progress):
-        if main_process:
+        if setup.main:
             save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch, "step": global_step,
-                "progress": progress, "config": cfg.to_dict(), "preset": args.preset, "data": args.data,
-                "classes": list(train_base.classes), "train": run_info["train"], "rng": rng_state(device)})
+                "format": CHECKPOINT_FORMAT, **trainer.state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "step": position["step"], "progress": progress, "config": args.config.to_dict(), "preset": args.preset,
+                "data": args.data, "classes": list(train_base.classes), "train": run_info["train"],
+                "rng": rng_state(setup.device)})
 
-    def stop_code():
-        if stop["signal"] == "steps":
-            say(f"stopped after {global_step} steps (--stop-after-steps); continue with: "
-                f"python train.py --resume {ckpt_path}")
-            return 0
-        say(f"saved {ckpt_path}. Resume with: python train.py --resume {ckpt_path}")
-        return 130 if stop["signal"] == signal.SIGINT else 143
-
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    for epoch in range(start_epoch, args.epochs):
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))  # cosine decay per epoch, no warm-up
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_sampler.set(epoch, start_step)
-        model.train()
-        sums, seen, skipped = progress.get("sums", {}), progress.get("seen", 0), progress.get("skipped", 0)
-        taken = progress.get("steps", start_step)  # optimizer steps this epoch (a skipped batch is not one)
-        t0 = time.time() - progress.get("elapsed", 0.0)
-        progress = {}
-        step_in_epoch = start_step
-        bar = tqdm(loader, total=steps_per_epoch, initial=start_step, disable=not main_process,
-                   desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
-        for batch, n_bad in bar:
-            skipped += n_bad
-            if batch is None:  # every image of this batch was unreadable: its place in the epoch is used up
-                step_in_epoch += 1
-                continue
-            origin, view1, view2 = data.pretrain_batch(batch, device)
-            if channels_last:
-                origin, view1, view2 = (x.contiguous(memory_format=torch.channels_last) for x in (origin, view1, view2))
-            optimizer.zero_grad(set_to_none=True)  # free last step's gradients before the forward's activations peak
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss, parts = model(origin, view1, view2)
-            values = {k: v.item() for k, v in parts.items()}
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
-            if bad:  # stop before the optimizer touches the weights; last.pt keeps the last good state
-                bar.close()
-                say(f"error: non-finite loss at epoch {epoch + 1}, step {global_step + 1} (bad parts: "
-                    f"{', '.join(bad)}). The weights were not updated and {ckpt_path} was not overwritten. "
-                    f"Try a lower --lr, or --precision fp32.")
-                return 3
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            raw_model.update_target()  # EMA after every optimizer step
-            global_step += 1
-            step_in_epoch += 1
-            taken += 1
-            seen += origin.shape[0] * world
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{values['total']:.3f}", sim=f"{values['similarity']:.3f}",
-                            rec=f"{values['reconstruction']:.3f}", lr=f"{lr:.4f}",
-                            img_s=f"{seen / (time.time() - t0):.0f}")
-            if args.stop_after_steps and global_step >= args.stop_after_steps and stop["signal"] is None:
-                stop["signal"] = "steps"
-            if distributed:  # every process stops at the same step
-                flag = torch.tensor([stop["signal"] is not None], dtype=torch.float32, device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() and stop["signal"] is None:
-                    stop["signal"] = signal.SIGTERM
-            if stop["signal"] is not None:
-                break
-        bar.close()
-        if stop["signal"] is not None and step_in_epoch < steps_per_epoch:
-            checkpoint(epoch, step_in_epoch, {"sums": sums, "seen": seen, "skipped": skipped, "steps": taken,
-                                              "elapsed": time.time() - t0})
-            return stop_code()
-        start_step = 0
-        record = {"epoch": epoch + 1, "step": global_step, "lr": lr, "images_per_s": seen / max(time.time() - t0, 1e-9),
-                  **{k: v / max(taken, 1) for k, v in sums.items()}, "skipped_images": skipped}
+    stop = Stop(setup, args.out)
+    if position["step_in_epoch"] >= steps_per_epoch:
+        position.update(epoch=position["epoch"] + 1, step_in_epoch=0)
+    for epoch in range(position["epoch"], args.epochs):
+        try:
+            record = train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_epoch)
+        except NonFiniteLoss as e:
+            setup.say(f"error: non-finite loss at epoch {epoch + 1}, step {position['step'] + 1} (bad parts: {e}). "
+                      f"The weights were not updated and {ckpt_path} was not overwritten. "
+                      f"Try a lower --lr, or --precision fp32.")
+            return 3
+        if record is None:  # stopped inside the epoch: save where it stands
+            checkpoint(epoch, position["step_in_epoch"], position["progress"])
+            return stop.exit_code(ckpt_path)
         if knn_sets is not None:
-            trunk = raw_model.trunk()
-            trunk.eval()
-            (tx, ty), (vx, vy) = (embed(trunk, loader_, device) for loader_ in knn_sets)
-            record["knn_accuracy"] = (knn_predict(tx, ty, vx, len(train_base.classes)) == vy).float().mean().item()
+            record["knn_accuracy"] = knn_accuracy(trainer.raw_model.trunk(), knn_sets, setup.device,
+                                                  len(train_base.classes))
+        position.update(step_in_epoch=0, progress={})
         checkpoint(epoch + 1, 0, {})
-        if main_process:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if skipped:
-                say(f"warning: {skipped} unreadable images were skipped this epoch (named above)")
-        if stop["signal"] is not None:
-            return stop_code()
-
-    if distributed:
+        log_epoch(args, setup, record)
+        if stop.reason is not None:
+            return stop.exit_code(ckpt_path)
+    if setup.distributed:
         dist.destroy_process_group()
-    if main_process:
-        say(f"done: {ckpt_path}")
+    if setup.main:
+        setup.say(f"done: {ckpt_path}")
         if args.probe:
-            import eval as evaluate
-            evaluate.compare_with_random(ckpt_path, args.data, args.root, device, epochs=args.probe_epochs,
-                                         seed=args.seed, workers=workers)
+            compare_with_random(ckpt_path, args.data, args.root, setup.device, epochs=args.probe_epochs, seed=args.seed,
+                                workers=args.workers, look=args.look)
     return 0
 
 
-def run_cli(main, argv=None):
-    """Run a script's main(); user mistakes become one message and a non-zero exit instead of a traceback."""
-    try:
-        return main(argv)
-    except (data.DatasetError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError:
-        given = " ".join(sys.argv[1:] if argv is None else argv) or "the defaults"
-        print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, or "
-              f"--precision bf16/fp16; the run folder's last.pt still holds the last completed epoch.", file=sys.stderr)
-        return 4
+def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_epoch):
+    """One epoch from position["step_in_epoch"] on: -> the epoch's log record, or None if it was stopped."""
+    start = position["step_in_epoch"]
+    progress = position["progress"]  # running sums of an epoch cut by an interrupt, else {}
+    sums, seen, skipped = progress.get("sums", {}), progress.get("seen", 0), progress.get("skipped", 0)
+    taken = progress.get("steps", start)  # optimizer steps this epoch (a skipped batch is not one)
+    t0 = time.time() - progress.get("elapsed", 0.0)
+    loader.sampler.set(epoch, start)
+    trainer.model.train()
+    bar = tqdm(loader, total=steps_per_epoch, initial=start, disable=not setup.main,
+               desc=f"epoch {epoch + 1}/{args.epochs}", **data.progress_options())
+    for batch, n_bad in bar:
+        skipped += n_bad
+        position["step_in_epoch"] += 1
+        if batch is None:  # every image of this batch was unreadable: its place in the epoch is used up
+            continue
+        lr = learning_rate(args, epoch, position["step"], steps_per_epoch)
+        values = trainer.step(batch, lr)
+        position["step"] += 1
+        taken += 1
+        seen += batch[0].shape[0] * setup.world
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{values['total']:.3f}", sim=f"{values['similarity']:.3f}",
+                        rec=f"{values['reconstruction']:.3f}", lr=f"{lr:.4f}", img_s=f"{seen / (time.time() - t0):.0f}",
+                        refresh=False)
+        if args.stop_after_steps and position["step"] >= args.stop_after_steps and stop.reason is None:
+            stop.reason = "steps"
+        if stop.agreed():
+            break
+    bar.close()
+    if stop.reason is not None and position["step_in_epoch"] < steps_per_epoch:
+        position["progress"] = {"sums": sums, "seen": seen, "skipped": skipped, "steps": taken,
+                                "elapsed": time.time() - t0}
+        return None
+    return {"epoch": epoch + 1, "step": position["step"], "lr": learning_rate(args, epoch, position["step"], steps_per_epoch),
+            "images_per_s": seen / max(time.time() - t0, 1e-9), **{k: v / max(taken, 1) for k, v in sums.items()},
+            "skipped_images": skipped}
+
+
+def knn_accuracy(trunk, knn_sets, device, num_classes):
+    """The k-NN monitor: pooled features of the training faces vote for the held-out faces' classes."""
+    trunk.eval()
+    (tx, ty), (vx, vy) = (embed(trunk, loader, device) for loader in knn_sets)
+    return (knn_predict(tx, ty, vx, num_classes) == vy).float().mean().item()
+
+
+def write_run_info(args, setup, trainer, num_images, steps_per_epoch):
+    """Print the run's configuration and write it to <out>/config.json: -> that record."""
+    os.makedirs(args.out, exist_ok=True)
+    run_info = {"model": args.config.to_dict(),
+                "train": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "ckpt")},
+                "device": str(setup.device), "precision": setup.precision, "world_size": setup.world,
+                "torch": torch.__version__}
+    if setup.main:
+        setup.say(json.dumps(run_info, indent=2))
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(run_info, f, indent=2)
+        setup.say(f"{sum(p.numel() for p in trainer.raw_model.parameters()) / 1e6:.1f} M parameters; {num_images} "
+                  f"images, {steps_per_epoch} steps/epoch on {setup.device} ({setup.precision}), {args.workers} workers")
+    return run_info
+
+
+def log_epoch(args, setup, record):
+    """Append the epoch's record to metrics.jsonl and print it on one line."""
+    if not setup.main:
+        return
+    with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    setup.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    if record["skipped_images"]:
+        setup.say(f"warning: {record['skipped_images']} unreadable images were skipped this epoch (named above)")
 
 
 def cli(argv=None):

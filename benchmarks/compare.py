@@ -43,7 +43,7 @@ def supervised_trunk(args, seed, device):
     RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of 4,000 faces.)"""
     cfg = train.SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
-    trunk = evaluate.Backbone(cfg.backbone)
+    trunk = evaluate.Backbone(cfg.backbone, cfg.stem)
     train_base = data.get_dataset(args.data, args.root, "train", seed=seed, synthetic_count=args.num_synthetic)
     test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
     (xtr, ytr), (xte, yte) = (labelled_images(b, cfg.view_size) for b in (train_base, test_base))
@@ -137,7 +137,7 @@ def main():
             if options is None:
                 torch.manual_seed(seed)
                 cfg = train.SimFLEConfig.preset(args.preset)
-                trunk = evaluate.Backbone(cfg.backbone)
+                trunk = evaluate.Backbone(cfg.backbone, cfg.stem)
             elif options == "supervised":
                 trunk, cfg = supervised_trunk(args, seed, device)
             else:

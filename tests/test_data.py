@@ -296,7 +296,44 @@ def test_synthetic_is_deterministic_and_varied():
     assert not torch.equal(img, ds[4][0])
     assert not torch.equal(img, data.get_dataset("synthetic", split="test")[3][0])  # disjoint streams
     assert not torch.equal(img, data.get_dataset("synthetic", seed=1)[3][0])
-    assert (len(data.get_dataset("synthetic")), len(data.get_dataset("synthetic", split="test"))) == (4000, 1000)
+    assert not torch.equal(img, data.get_dataset("synthetic", split="val")[3][0])
+    assert not torch.equal(data.get_dataset("synthetic", split="val")[3][0], data.get_dataset("synthetic", split="test")[3][0])
+    assert (len(data.get_dataset("synthetic")), len(data.get_dataset("synthetic", split="test")),
+            len(data.get_dataset("synthetic", split="val"))) == (4000, 1000, 1000)
+
+
+def test_rendered_faces_are_the_drawn_faces():
+    drawn = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48)
+    rendered = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48, render=True)
+    assert rendered.images is not None and rendered.images.shape == (5, 3, 48, 48)
+    for i in range(5):
+        a, b = drawn[i], rendered[i]
+        assert torch.equal(a[0], b[0]) and a[1] == b[1] and torch.equal(a[2], b[2])
+    with pytest.raises(IndexError):
+        rendered[5]
+
+
+def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
+    """Aligned faces: eye centres within a few percent of their fixed place, as in aligned face crops; the
+    scene look lets head position, roll and scale vary far more."""
+    def eye_spread(look):
+        ds = data.get_dataset("synthetic", synthetic_count=60, synthetic_size=100, synthetic_look=look)
+        eyes = torch.stack([ds[i][2][8:10] for i in range(60)]) / 100  # (n, 2 eyes, xy) in [0, 1]
+        return eyes, eyes.std(0).max().item()
+    eyes, spread = eye_spread("aligned")
+    target = torch.tensor([[0.5 - data.ALIGNED_EYE_DX / 2, 0.5 + data.ALIGNED_EYE_Y / 2],
+                           [0.5 + data.ALIGNED_EYE_DX / 2, 0.5 + data.ALIGNED_EYE_Y / 2]])
+    assert (eyes.mean(0) - target).abs().max() < 0.02 and spread < 0.03
+    assert eye_spread("scene")[1] > 2 * spread
+    with pytest.raises(data.DatasetError, match="look"):
+        data.get_dataset("synthetic", synthetic_look="cartoon")
+
+
+def test_only_synthetic_faces_have_a_val_split(tmp_path):
+    with pytest.raises(data.DatasetError, match="only the synthetic faces have a val split"):
+        data.get_dataset("rafdb", tmp_path, "val")
+    with pytest.raises(data.DatasetError, match="unknown split"):
+        data.get_dataset("synthetic", split="validation")
 
 
 def test_synthetic_classes_landmarks_and_size():

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+import data
 import eval as evaluate
 import train
 
@@ -284,3 +285,30 @@ def test_main_puts_signal_handlers_back(tmp_path):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run"), "--knn-samples", "0"]) == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
+    """Recomputed independently: for every group, the 12 patches whose upsampled group map is highest are
+    visible; a landmark counts when its 16-px patch is one of them. The model is left as it was."""
+    from simfle import SimFLE, SimFLEConfig
+    torch.manual_seed(0)
+    model = SimFLE(SimFLEConfig.preset("tiny", groups=4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    faces = data.get_dataset("synthetic", synthetic_count=6, split="val")
+    r = evaluate.landmark_hit_rate(model, faces, "cpu", batch_size=6)
+    assert torch.equal(before["backbone.bn1.running_mean"], model.state_dict()["backbone.bn1.running_mean"])
+    origin = data.normalize(torch.stack([faces[i][0] for i in range(6)]))  # synthetic faces are drawn at 112 px
+    marks = torch.stack([faces[i][2] for i in range(6)])  # (6, 15, 2) pixels
+    with torch.no_grad():
+        attn = model.train().grouping(model.backbone.feature_map(origin))  # (6, 512, 4, 4)
+    model.load_state_dict(before)
+    hits = []
+    for g in range(4):
+        m = attn[:, g * 128:(g + 1) * 128].sum(1, keepdim=True)
+        m = torch.nn.functional.interpolate(m, size=(112, 112), mode="bilinear", align_corners=False)
+        scores = torch.nn.functional.avg_pool2d(m, 16).flatten(1)  # (6, 49)
+        top = scores.topk(12, dim=1).indices
+        patch = (marks[..., 1] // 16).long() * 7 + (marks[..., 0] // 16).long()
+        hits.append(sum(int(p) in set(top[b].tolist()) for b in range(6) for p in patch[b]) / marks[..., 0].numel())
+    assert r["per_group"] == pytest.approx(hits) and r["semantic"] == pytest.approx(sum(hits) / 4)
+    assert r["random"] == 12 / 49 and r["best_group"] == max(r["per_group"])

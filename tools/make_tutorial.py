@@ -544,7 +544,7 @@ protocol), on 500 training and 300 test faces. The baseline is the same ResNet a
 
 code(r'''
 torch.manual_seed(0)
-trunks = {"random": simfle.Backbone(cfg.backbone),
+trunks = {"random": simfle.Backbone(cfg.backbone, cfg.stem),
           "pretrained": copy.deepcopy(model.trunk())}   # a copy: the probe freezes what it is given
 reports = {}
 for name, trunk in trunks.items():
