@@ -8,12 +8,14 @@ Arms: a random trunk (no training); the GFL method alone (BYOL, use_facemae=fals
 random masking; SimFLE with semantic masking; a supervised trunk trained on the labels with the same
 number of images seen (the upper bound). Each trunk gets the same evaluation: linear probe
 (cached features, accuracy and mean class accuracy) and, where the data has landmarks, the landmark
-probe (NME). Nothing is tuned on the test split. Writes <out>/compare.json, <out>/compare.md and
+probe (NME), and for the FaceMAE arms the landmark hit rate of semantic masking (eval.landmark_hit_rate) after
+training and for the same model at its initialisation. Nothing is tuned on the test split. Writes <out>/compare.json, <out>/compare.md and
 <out>/group_maps.png (group attention maps of the semantic-masking model after training).
 """
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -44,8 +46,7 @@ def supervised_trunk(args, seed, device):
     cfg = train.SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
     trunk = evaluate.Backbone(cfg.backbone, cfg.stem)
-    train_base = data.get_dataset(args.data, args.root, "train", seed=seed, synthetic_count=args.num_synthetic)
-    test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
+    train_base, test_base = datasets(args, seed)
     (xtr, ytr), (xte, yte) = (labelled_images(b, cfg.view_size) for b in (train_base, test_base))
     model = nn.Sequential(trunk, nn.Linear(trunk.dim, len(test_base.classes)))
     accuracy = calibrate.supervised(xtr, ytr, xte, yte, args.epochs, seed, batch=args.batch_size, model=model,
@@ -67,9 +68,15 @@ def labelled_images(base, size):
     return torch.stack(images), torch.tensor(labels)
 
 
+def datasets(args, seed):
+    """The training split (as pretrained on) and the test split, synthetic faces drawn once into memory."""
+    return [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look, render=True,
+                             synthetic_count=args.num_synthetic if split == "train" else None)
+            for split in ("train", "test")]
+
+
 def evaluate_trunk(trunk, cfg, args, seed, device):
-    train_base = data.get_dataset(args.data, args.root, "train", seed=seed)
-    test_base = data.get_dataset(args.data, args.root, "test", seed=seed)
+    train_base, test_base = datasets(args, seed)
     report, _ = evaluate.linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=args.probe_epochs,
                                       batch_size=256, features="cached", workers=args.workers, seed=seed)
     result = {"accuracy": report["last_epoch_accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
@@ -79,17 +86,31 @@ def evaluate_trunk(trunk, cfg, args, seed, device):
     return result
 
 
+def hit_rates(ckpt_path, args, seed, device):
+    """Landmark hit rate of semantic masking on the test faces: the trained model, and the same model at the
+    initialisation it started from (train.py seeds torch with --seed right before building it)."""
+    model, cfg = evaluate.load_model(ckpt_path)
+    test_base = datasets(args, seed)[1]
+    if not test_base.num_landmarks:
+        return {}
+    trained = evaluate.landmark_hit_rate(model, test_base, device)
+    torch.manual_seed(seed)
+    untrained = evaluate.landmark_hit_rate(SimFLE(cfg), test_base, device)
+    return {"hit_rate": trained["semantic"], "hit_rate_untrained": untrained["semantic"],
+            "hit_rate_random_masking": trained["random"]}
+
+
 def group_map_figure(ckpt_path, args, path):
     """Group attention maps of a trained model on a few test faces: image, then 6 groups' maps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    state = train.load_checkpoint(ckpt_path)
+    state = evaluate.load_checkpoint(ckpt_path)
     model = SimFLE(state["config_obj"])
     model.load_state_dict(state["model"])
     model.eval()
     cfg = state["config_obj"]
-    test_base = data.get_dataset(args.data, args.root, "test", seed=0)
+    test_base = datasets(args, 0)[1]
     batch, _ = data.collate([data.ProbeView(test_base, cfg.origin_size, train=False)[i] for i in range(4)])
     images, _, _ = data.probe_batch(batch, torch.device("cpu"))
     maps = model.inspect(images)["maps"]  # (B,G,h,w)
@@ -117,8 +138,10 @@ def main():
     p.add_argument("--data", default="synthetic")
     p.add_argument("--root", default=None)
     p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
-    p.add_argument("--epochs", type=int, default=2, help="pretraining epochs (the budget)")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (the budget; default: train.py's)")
     p.add_argument("--num-synthetic", type=int, default=4000, help="synthetic training images (4000: train.py's default)")
+    p.add_argument("--look", default="aligned", choices=list(data.LOOKS), help="synthetic faces' look")
+    p.add_argument("--train-options", default="", help="more train.py options for every pretrained arm, e.g. '--lr 0.1'")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="pretraining lr (default: train.py's)")
     p.add_argument("--probe-epochs", type=int, default=30)
@@ -128,7 +151,8 @@ def main():
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args()
-    device = train.pick_device(args.device)
+    device = evaluate.pick_device(args.device)
+    args.epochs = args.epochs or train.TRAIN_DEFAULTS[args.preset]["epochs"]
     os.makedirs(args.out, exist_ok=True)
     results, t0 = {arm: [] for arm in args.arms}, time.time()
     for seed in args.seeds:
@@ -142,10 +166,11 @@ def main():
                 trunk, cfg = supervised_trunk(args, seed, device)
             else:
                 out = os.path.join(args.out, f"{slug}-seed{seed}")
-                argv = ["--data", args.data, "--preset", args.preset, "--epochs", str(args.epochs), "--batch-size",
-                        str(args.batch_size), "--seed", str(seed), "--out", out, "--probe", "false",
+                argv = ["--data", args.data, "--preset", args.preset, "--batch-size", str(args.batch_size),
+                        "--seed", str(seed), "--out", out, "--probe", "false", "--look", args.look,
                         "--knn-samples", "0", "--device", str(device), "--workers", str(args.workers),
-                        "--num-synthetic", str(args.num_synthetic), *options]
+                        "--num-synthetic", str(args.num_synthetic), "--epochs", str(args.epochs),
+                        *shlex.split(args.train_options), *options]
                 if args.root:
                     argv += ["--root", args.root]
                 if args.lr:
@@ -157,6 +182,8 @@ def main():
                     raise SystemExit(f"{arm}, seed {seed}: train.py exited with {code}")
                 trunk, cfg, _ = evaluate.load_trunk(os.path.join(out, "last.pt"))
             r = evaluate_trunk(trunk, cfg, args, seed, device)
+            if options not in (None, "supervised") and cfg.use_facemae:
+                r.update(hit_rates(os.path.join(out, "last.pt"), args, seed, device))
             results[arm].append(r)
             print(f"[{time.time() - t0:.0f} s] seed {seed}, {arm}: {r}", flush=True)
             with open(os.path.join(args.out, "compare.json"), "w") as f:
@@ -168,10 +195,12 @@ def main():
         m = statistics.mean(values) * scale
         s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
         return f"{m:.1f} ± {s:.1f}"
-    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) |", "|---|---|---|---|"]
+    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) | landmark hit rate, "
+             "trained (%) | landmark hit rate, untrained (%) |", "|---|---|---|---|---|---|"]
     for arm, rs in results.items():
         lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | {fmt([r['mean_class_accuracy'] for r in rs])} | "
-                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} |")
+                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} | {fmt([r['hit_rate'] for r in rs if 'hit_rate' in r])} | "
+                     f"{fmt([r['hit_rate_untrained'] for r in rs if 'hit_rate' in r])} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write(table + "\n")

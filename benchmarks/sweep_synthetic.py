@@ -48,7 +48,7 @@ def run_one(name, options, seed, out_dir, device):
     if code != 0:
         return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}"}
     ckpt = os.path.join(run_dir, "last.pt")
-    state = train.load_checkpoint(ckpt)
+    state = evaluate.load_checkpoint(ckpt)
     trunk, cfg, _ = evaluate.load_trunk(ckpt, state=state)
     size = cfg.view_size
     acc = probe_val(trunk, state["train"], size, seed, device)
@@ -88,7 +88,7 @@ def main():
     args = p.parse_args()
     rows = [json.loads(line) for line in open(args.out)] if os.path.isfile(args.out) else []
     if not args.table:
-        device = train.pick_device(args.device)
+        device = evaluate.pick_device(args.device)
         done = {(r["name"], r["seed"]) for r in rows if "error" not in r}
         for spec in args.config:
             name, _, options = spec.partition(":")

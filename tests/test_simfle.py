@@ -280,6 +280,21 @@ def test_trunk_loads_into_torchvision():
     assert model.trunk().feature_map(x).shape == (2, 512, 2, 2)
 
 
+def test_small_stem_keeps_resolution_for_small_images():
+    """The small-image stem (3×3 stride 1, no max-pool) divides by 8, not 32: 32 px -> a 4×4 last map; the model
+    trains with it (its semantic masking upsamples whatever map size the origin gives)."""
+    from simfle import Backbone
+    trunk = Backbone("resnet18", "small")
+    assert trunk.conv1.kernel_size == (3, 3) and trunk.conv1.stride == (1, 1) and isinstance(trunk.maxpool, torch.nn.Identity)
+    assert trunk.feature_map(torch.randn(2, 3, 32, 32)).shape == (2, 512, 4, 4)
+    cfg = tiny(stem="small", view_size=32, origin_size=56, patch_size=8)
+    assert cfg.num_patches == 49 and cfg.num_visible == 12
+    loss, parts = SimFLE(cfg)(*batch(cfg, B=3))
+    loss.backward()
+    with pytest.raises(ValueError, match="stem"):
+        tiny(stem="cifar")
+
+
 def test_inspect_uses_training_path():
     torch.manual_seed(0)
     cfg = tiny()

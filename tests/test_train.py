@@ -21,10 +21,11 @@ QUICK = ["--preset", "tiny", "--num-synthetic", "16", "--batch-size", "8", "--kn
          "--probe", "false", "--device", "cpu", "--workers", "0"]
 
 
-def run_script(*args, timeout=300, **kw):
+def run_script(*args, timeout=300, capture=True, **kw):
     """Run a project script in a fresh process, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=capture, text=True, timeout=timeout,
+                          env=env, **kw)
 
 
 def metrics(out):
@@ -57,6 +58,18 @@ def test_defaults_follow_the_paper():
     assert args.config.gfl == "simclr" and not args.config.use_facemae and args.config.num_visible == 24
 
 
+def test_learning_rate_cosine_per_epoch_after_an_optional_warmup():
+    import math
+    args = train.parse_args(["--lr", "0.1", "--epochs", "4"])  # the paper: cosine per epoch, no warm-up
+    assert train.learning_rate(args, 0, 0, 10) == pytest.approx(0.1)
+    assert train.learning_rate(args, 2, 25, 10) == pytest.approx(0.05)
+    args = train.parse_args(["--lr", "0.1", "--epochs", "4", "--warmup-epochs", "1"])
+    assert train.learning_rate(args, 0, 0, 10) == pytest.approx(0.01)  # step 1 of 10
+    assert train.learning_rate(args, 0, 4, 10) == pytest.approx(0.05)
+    assert train.learning_rate(args, 0, 9, 10) == pytest.approx(0.1)
+    assert train.learning_rate(args, 1, 10, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+
+
 def test_help_lists_every_config_field():
     text = train.build_parser().format_help()
     for field in train.SimFLEConfig.__dataclass_fields__:
@@ -71,6 +84,18 @@ def test_missing_dataset_is_one_clear_message(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training and checkpoints
+
+
+def test_a_log_file_reads_line_by_line(tmp_path):
+    """train.py with its output in a file (CI, nohup, Colab): plain progress lines, none over 300 characters."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        r = run_script("train.py", *QUICK, "--epochs", "1", "--out", str(tmp_path / "run"), stdout=f,
+                       stderr=subprocess.STDOUT, capture=False)
+    assert r.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text and "epoch=1 step=2" in text and "epoch 1/1: 100%" in text
+    assert max(len(line) for line in text.splitlines()) <= 300
 
 
 def test_train_then_eval_on_synthetic(tmp_path):
