@@ -117,6 +117,26 @@ def load_model(ckpt, state=None):
     return model, state["config_obj"]
 
 
+@torch.no_grad()
+def recompute_batchnorm(trunk, dataset, size, device, workers=0):
+    """A trunk's BatchNorm running statistics recomputed as plain averages over a dataset's resized images.
+
+    A random trunk's BatchNorm layers hold their initial statistics (mean 0, variance 1): in eval mode they do
+    nothing. A trained trunk's hold statistics of real images. This puts a random trunk on that footing, to
+    tell what training changed in the weights from what it changed in the statistics alone. -> the trunk.
+    """
+    trunk = trunk.to(device)
+    for m in trunk.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # None: a cumulative average over every batch
+    trunk.train()
+    for batch, _ in loader(data.ProbeView(dataset, size, train=False), 256, workers):
+        if batch is not None:
+            trunk(data.probe_batch(batch, device)[0])
+    return trunk.eval()
+
+
 def loader(dataset, batch_size, workers, shuffle=False, seed=0):
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=data.collate,
                       generator=torch.Generator().manual_seed(seed), drop_last=False)
@@ -389,6 +409,7 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
     if not dataset.num_landmarks:
         raise data.DatasetError(f"the landmark hit rate needs a dataset with landmarks; {dataset.name} has none")
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}  # train-mode BN moves running statistics
+    was_training = model.training
     model = model.to(device).train()
     grid = c.origin_size // c.patch_size
     hits, total = torch.zeros(c.groups), 0
@@ -407,6 +428,7 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
             hits[g] += visible.float().sum().cpu()
         total += marks.shape[0] * marks.shape[1]
     model.load_state_dict(snapshot)
+    model.train(was_training)
     per_group = (hits / max(total, 1)).tolist()
     return {"semantic": sum(per_group) / len(per_group), "random": c.num_visible / c.num_patches,
             "per_group": per_group, "best_group": max(per_group), "images": len(dataset)}
@@ -446,10 +468,13 @@ def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, worker
     train_base = data.get_dataset(data_name, root, "train", seed=seed, synthetic_look=look, render=True)
     test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look, render=True)
     trained, cfg, _ = load_trunk(ckpt)
-    torch.manual_seed(seed)
-    random_trunk = Backbone(cfg.backbone, cfg.stem)
+    random_trunks = []
+    for _ in range(2):  # the same random weights twice: as initialised, and with BatchNorm statistics of the faces
+        torch.manual_seed(seed)
+        random_trunks.append(Backbone(cfg.backbone, cfg.stem))
+    recompute_batchnorm(random_trunks[1], train_base, cfg.view_size, device, workers)
     results = {}
-    for name, trunk in (("pretrained", trained), ("random", random_trunk)):
+    for name, trunk in (("pretrained", trained), ("random", random_trunks[0]), ("random, BN", random_trunks[1])):
         results[name], _ = linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=epochs,
                                         batch_size=batch_size, features="cached", workers=workers, seed=seed)
     chance = 1 / len(test_base.classes)
@@ -458,6 +483,8 @@ def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, worker
     for name, r in results.items():
         print(f"  {name:10s} trunk: {100 * r['last_epoch_accuracy']:.2f} % (last epoch), "
               f"mean class {100 * r['mean_class_accuracy']:.2f} %")
+    print("  (random, BN: the random trunk with BatchNorm statistics recomputed on the training faces, as a trained "
+          "trunk has them)")
     print(f"  chance: {100 * chance:.2f} %")
     with open(os.path.join(os.path.dirname(ckpt), f"probe_vs_random_{data_name}.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -4,7 +4,8 @@ Does semantic masking help? Train and evaluate five trunks under one budget, for
     python benchmarks/compare.py                                   # synthetic faces, tiny preset, CPU
     python benchmarks/compare.py --data rafdb --preset paper --epochs 100 --device cuda   # paper scale
 
-Arms: a random trunk (no training); the GFL method alone (BYOL, use_facemae=false); SimFLE with
+Arms: a random trunk (no training), as initialised and with its BatchNorm statistics recomputed on the
+training faces (eval.recompute_batchnorm: what statistics alone do); the GFL method alone (BYOL, use_facemae=false); SimFLE with
 random masking; SimFLE with semantic masking; a supervised trunk trained on the labels with the same
 number of images seen (the upper bound). Each trunk gets the same evaluation: linear probe
 (cached features, accuracy and mean class accuracy) and, where the data has landmarks, the landmark
@@ -32,6 +33,7 @@ from simfle import SimFLE  # noqa: E402
 
 ARMS = {  # name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
     "random trunk": ("random", None),
+    "random trunk, BN statistics of the faces": ("random-bn", "random-bn"),
     "BYOL alone": ("byol", ["--use-facemae", "false"]),
     "SimFLE, random masking": ("random-masking", ["--masking", "random"]),
     "SimFLE, semantic masking": ("semantic-masking", ["--masking", "semantic"]),
@@ -158,10 +160,12 @@ def main():
     for seed in args.seeds:
         for arm in args.arms:
             slug, options = ARMS[arm]
-            if options is None:
+            if options in (None, "random-bn"):
                 torch.manual_seed(seed)
                 cfg = train.SimFLEConfig.preset(args.preset)
                 trunk = evaluate.Backbone(cfg.backbone, cfg.stem)
+                if options == "random-bn":  # the same random weights, BatchNorm statistics of the training faces
+                    trunk = evaluate.recompute_batchnorm(trunk, datasets(args, seed)[0], cfg.view_size, device).cpu()
             elif options == "supervised":
                 trunk, cfg = supervised_trunk(args, seed, device)
             else:
@@ -182,7 +186,7 @@ def main():
                     raise SystemExit(f"{arm}, seed {seed}: train.py exited with {code}")
                 trunk, cfg, _ = evaluate.load_trunk(os.path.join(out, "last.pt"))
             r = evaluate_trunk(trunk, cfg, args, seed, device)
-            if options not in (None, "supervised") and cfg.use_facemae:
+            if isinstance(options, list) and cfg.use_facemae:
                 r.update(hit_rates(os.path.join(out, "last.pt"), args, seed, device))
             results[arm].append(r)
             print(f"[{time.time() - t0:.0f} s] seed {seed}, {arm}: {r}", flush=True)

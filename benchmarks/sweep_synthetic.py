@@ -39,18 +39,50 @@ def probe_val(trunk, args_train, size, seed, device):
     return report["last_epoch_accuracy"]
 
 
-def run_one(name, options, seed, out_dir, device):
+class Pixels(torch.nn.Module):
+    """The image itself as the feature: what a linear classifier gets from the pixels alone."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.dim = 3 * size * size
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def baselines(seed, device, look="aligned"):
+    """What no pretraining gives on val: a random trunk as initialised (its BatchNorm layers hold mean 0 and
+    variance 1, so in eval mode they do nothing), the same trunk with BatchNorm statistics of the training
+    faces (what any trained trunk has), and a linear classifier on the pixels."""
+    cfg = train.SimFLEConfig.preset("tiny")
+    options = {"look": look}
+    torch.manual_seed(seed)
+    rows = {"random trunk, as initialised": probe_val(Backbone(cfg.backbone, cfg.stem), options, cfg.view_size, seed, device)}
+    torch.manual_seed(seed)
+    faces = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look, render=True)
+    trunk = evaluate.recompute_batchnorm(Backbone(cfg.backbone, cfg.stem), faces, cfg.view_size, device)
+    rows["random trunk, BatchNorm statistics of the training faces"] = probe_val(trunk, options, cfg.view_size, seed, device)
+    for size in (16, 32):
+        rows[f"pixels, {size}x{size}"] = probe_val(Pixels(size), options, size, seed, device)
+    return rows
+
+
+def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None):
+    """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is probed again)."""
     run_dir = os.path.join(out_dir, f"{name}-s{seed}")
     argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false", "--knn-samples", "0"]
-    t0 = time.time()
-    code = train.main(argv)
-    seconds = time.time() - t0
-    if code != 0:
-        return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}"}
+    if seconds is None:
+        t0 = time.time()
+        code = train.main(argv)
+        seconds = time.time() - t0
+        if code != 0:
+            return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}"}
     ckpt = os.path.join(run_dir, "last.pt")
     state = evaluate.load_checkpoint(ckpt)
     trunk, cfg, _ = evaluate.load_trunk(ckpt, state=state)
-    size = cfg.view_size
+    size = probe_size or cfg.view_size
+    if probe_size:
+        name, options = f"{name}, probed at {size} px", f"{options} (probe at {size} px)".strip()
     acc = probe_val(trunk, state["train"], size, seed, device)
     torch.manual_seed(seed)
     random_acc = probe_val(Backbone(cfg.backbone, cfg.stem), state["train"], size, seed, device)
@@ -85,17 +117,31 @@ def main():
     p.add_argument("--runs", default="runs/sweep", help="folder for the runs' checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--table", action="store_true", help="only print the table of --out")
+    p.add_argument("--baselines", action="store_true", help="only print the untrained baselines on val")
+    p.add_argument("--probe-size", type=int, default=None,
+                   help="probe the finished runs of --config again at this image size (no training)")
     args = p.parse_args()
+    if args.baselines:
+        for seed in args.seeds:
+            for name, acc in baselines(seed, evaluate.pick_device(args.device)).items():
+                print(f"| {name} | {seed} | {100 * acc:.1f} |")
+        return
     rows = [json.loads(line) for line in open(args.out)] if os.path.isfile(args.out) else []
     if not args.table:
         device = evaluate.pick_device(args.device)
-        done = {(r["name"], r["seed"]) for r in rows if "error" not in r}
+        done = {(r["name"], r["seed"]): r for r in rows if "error" not in r}
         for spec in args.config:
             name, _, options = spec.partition(":")
             for seed in args.seeds:
-                if (name, seed) in done:
+                if args.probe_size:
+                    if (f"{name}, probed at {args.probe_size} px", seed) in done or (name, seed) not in done:
+                        continue
+                    row = run_one(name, options, seed, args.runs, device, args.probe_size,
+                                  done[name, seed]["train_seconds"])
+                elif (name, seed) in done:
                     continue
-                row = run_one(name, options, seed, args.runs, device)
+                else:
+                    row = run_one(name, options, seed, args.runs, device)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 with open(args.out, "a") as f:
