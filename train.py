@@ -37,8 +37,8 @@ from simfle import SimFLE, SimFLEConfig
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
                   "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
 # options that belong to this invocation, never taken from a checkpoint on --resume
-RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "activation_checkpointing", "out",
-                   "stop_after_steps"}
+RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "activation_checkpointing", "augment",
+                   "out", "stop_after_steps"}
 
 
 # ----------------------------------------------------------------------------- options
@@ -89,6 +89,9 @@ def build_parser():
                    help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders scenes")
     p.add_argument("--crop-scale", type=float, default=None,
                    help="smallest area of a view's RandomResizedCrop (paper: 0.08)")
+    p.add_argument("--augment", default="loader", choices=["loader", "device"],
+                   help="where the views' crop, flip and colour are made: per image in the loader workers, or "
+                        "batched on the training device (the workers then only decode); blur is batched either way")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear lr warm-up over this many epochs, per step (paper: 0)")
     p.add_argument("--knn-samples", type=int, default=1000, help="cap on each split for the k-NN monitor (0: off)")
@@ -249,7 +252,8 @@ def build_data(args, setup, cfg):
     """The unlabelled training views and one DataLoader for the whole run: -> (train_base, loader, steps/epoch)."""
     train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_count=args.num_synthetic,
                                   synthetic_look=args.look, render=True)
-    pretrain_set = data.PretrainView(train_base, cfg.view_size, cfg.origin_size, seed=args.seed, crop_scale=args.crop_scale)
+    pretrain_set = data.PretrainView(train_base, cfg.view_size, cfg.origin_size, seed=args.seed,
+                                     crop_scale=args.crop_scale, augment=args.augment)
     per_rank = args.batch_size // setup.world
     if per_rank < 2:
         raise SystemExit(f"error: --batch-size {args.batch_size} over {setup.world} processes leaves fewer than "

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU suite in one run (about 5 minutes on one H200 with the default configurations):
+# The GPU suite in one run (about 6 minutes on one H200 with the default configurations):
 #   1. the pure step: bench_step.py (train.py's Trainer.step on random uint8 batches) per configuration;
-#   2. train.py end to end on synthetic faces (loader workers, the step, the log) at the same batch: images/s of
-#      its last epoch from metrics.jsonl, and its ratio to the pure step of the configuration train.py ran
-#      ($precision+channels_last, train.py's default layout on CUDA and CPU);
+#   2. train.py end to end on synthetic faces (loader workers, the step, the log) at the same batch, with the views
+#      augmented in the loader and on the device (--augment): images/s of its second epoch from metrics.jsonl, and
+#      its ratio to the pure step of the configuration train.py ran ($precision+channels_last, its default layout);
 #   3. peak memory at the same batch with and without activation checkpointing, under a cap of --cap-gib GiB
 #      of GPU memory (torch.cuda.set_per_process_memory_fraction; default 15 GiB, what a 16 GB T4 offers).
 # Every bench_step.py configuration runs in a fresh process. Prints everything; with OUT=<folder> set, also writes
-# step.md, memory.md, train.md, train_metrics.jsonl, summary.md and gpu.log there.
+# step.md, memory.md, train.md, train_metrics_*.jsonl, summary.md and gpu.log there.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu.sh                      # on the GPU machine: paper preset, batch 256
 #   OUT=/tmp/cpu bash benchmarks/gpu.sh --device cpu --preset tiny --batch-size 8 --steps 4 --workers 1
@@ -52,25 +52,28 @@ echo; echo "== 1. the pure step ($(elapsed) s)"
 "$py" benchmarks/bench_step.py --device "$device" --preset "$preset" --batch-size "$batch" --configs "$configs" \
     --warmup 3 --steps 10 --out "$out" --name step
 
-echo; echo "== 2. train.py end to end ($(elapsed) s)"
-run=$(mktemp -d)  # its last.pt (GBs at the paper preset) stays out of $out
-"$py" train.py --data synthetic --num-synthetic $(( batch * steps )) --preset "$preset" --batch-size "$batch" \
-    --epochs 2 --max-steps "$steps" --workers "$workers" --device "$device" --precision "$precision" \
-    --probe false --knn-samples 0 --out "$run"
-"$py" - "$out" "$run/metrics.jsonl" "$matched" "$steps" "$workers" <<'EOF'
+echo; echo "== 2. train.py end to end, views augmented in the loader and on the device ($(elapsed) s)"
+for augment in loader device; do
+    run=$(mktemp -d)  # its last.pt (GBs at the paper preset) stays out of $out
+    "$py" train.py --data synthetic --num-synthetic $(( batch * steps )) --preset "$preset" --batch-size "$batch" \
+        --epochs 2 --max-steps "$steps" --workers "$workers" --device "$device" --precision "$precision" \
+        --augment $augment --probe false --knn-samples 0 --out "$run"
+    cp "$run/metrics.jsonl" "$out/train_metrics_$augment.jsonl" && rm -rf "$run"
+done
+"$py" - "$out" "$matched" "$steps" "$workers" <<'EOF'
 import json, sys
-out, metrics, matched, steps, workers = sys.argv[1:]
-last = [json.loads(line) for line in open(metrics)][-1]
+out, matched, steps, workers = sys.argv[1:]
 rows = json.load(open(f"{out}/step.json"))["rows"]
 step = next(r for r in rows if r["config"] == matched and "error" not in r)
 pure = step["batch"] / step["step_s"]
-table = (f"| what | images/s | x pure step |\n|---|---|---|\n| pure step, {matched} (bench_step.py) | {pure:.1f} | 1.00 |\n"
-         f"| train.py, epoch {last['epoch']} of 2 ({steps} steps, {workers} workers) | {last['images_per_s']:.1f} "
-         f"| {last['images_per_s'] / pure:.2f} |")
-open(f"{out}/train.md", "w").write(table + "\n")
-print(table)
+lines = ["| what | images/s | x pure step |", "|---|---|---|", f"| pure step, {matched} (bench_step.py) | {pure:.1f} | 1.00 |"]
+for augment in ("loader", "device"):
+    last = [json.loads(line) for line in open(f"{out}/train_metrics_{augment}.jsonl")][-1]  # epoch 2: workers warm
+    lines.append(f"| train.py --augment {augment}, epoch {last['epoch']} of 2 ({steps} steps, {workers} workers) "
+                 f"| {last['images_per_s']:.1f} | {last['images_per_s'] / pure:.2f} |")
+open(f"{out}/train.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
 EOF
-cp "$run/metrics.jsonl" "$out/train_metrics.jsonl" && rm -rf "$run"
 
 echo; echo "== 3. peak memory with and without activation checkpointing, cap ${cap} GiB ($(elapsed) s)"
 fraction=$("$py" -c "import torch; d = torch.device('$device')

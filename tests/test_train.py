@@ -1,6 +1,7 @@
 """train.py / eval.py end to end on CPU: options, checkpoints, resume, interrupts, bad input, DDP."""
 import argparse
 import json
+import math
 import os
 import pickle
 import signal
@@ -293,6 +294,13 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
     for name in state0:  # running_mean / running_var / num_batches_tracked included
         torch.testing.assert_close(state1[name], state0[name], rtol=1e-5, atol=1e-6, msg=name)
     assert state1["backbone.layer1.0.bn1.num_batches_tracked"].item() == 2  # views + origin, nothing more
+
+
+def test_views_augmented_on_the_device_train(tmp_path):
+    out = str(tmp_path / "run")
+    assert train.cli(QUICK + ["--epochs", "1", "--augment", "device", "--knn-samples", "0", "--out", out]) == 0
+    record = metrics(out)[0]
+    assert record["step"] == 2 and all(math.isfinite(record[k]) for k in ("similarity", "reconstruction", "total"))
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
