@@ -306,6 +306,8 @@ def checkpointed_forward(block, forward, *args, **kwargs):
     backward (in the forward's autocast and RNG state, so with the same result)."""
     if not torch.is_grad_enabled():  # no-grad passes (origin, target) keep no activations to begin with
         return forward(*args, **kwargs)
+    if torch.compiler.is_compiling():  # compiled, the backward recomputes values but never the buffers' updates
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
     return checkpoint(forward, *args, use_reentrant=False, **kwargs,
                       context_fn=lambda: (contextlib.nullcontext(), buffers_kept(block)))
 

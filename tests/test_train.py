@@ -1,5 +1,7 @@
 """train.py / eval.py end to end on CPU: options, checkpoints, resume, interrupts, bad input, DDP."""
 import argparse
+import copy
+import functools
 import json
 import math
 import os
@@ -294,6 +296,24 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
     for name in state0:  # running_mean / running_var / num_batches_tracked included
         torch.testing.assert_close(state1[name], state0[name], rtol=1e-5, atol=1e-6, msg=name)
     assert state1["backbone.layer1.0.bn1.num_batches_tracked"].item() == 2  # views + origin, nothing more
+
+
+def test_activation_checkpointing_under_torch_compile():
+    """Compiled, checkpoint takes no context_fn; the compiled backward recomputes values, never the BatchNorm
+    updates, so gradients and running statistics are those of the plain module. (aot_eager: compiles in seconds.)"""
+    torch.manual_seed(0)
+    blocks = torch.nn.Sequential(*torchvision.models.resnet18().layer1)
+    plain, checkpointed = copy.deepcopy(blocks), copy.deepcopy(blocks)
+    for block in checkpointed:
+        block.forward = functools.partial(train.checkpointed_forward, block, block.forward)
+    x = torch.randn(2, 64, 8, 8)
+    plain(x).square().mean().backward()
+    torch.compile(checkpointed, backend="aot_eager")(x).square().mean().backward()
+    for a, b in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad)
+    for a, b in zip(plain.buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(b, a)
+    assert checkpointed[0].bn1.num_batches_tracked.item() == 1
 
 
 def test_views_augmented_on_the_device_train(tmp_path):
