@@ -7,6 +7,8 @@ Three layers, top to bottom in this file:
      enough for DataLoader workers.
   3. pretrain_batch / probe_batch: the expensive, per-pixel float part (23-tap Gaussian blur, normalisation),
      done once per batch on the training device.
+     With PretrainView(augment="device") the crop, flip and colour move there too (view_params, render_views),
+     batched, and the workers only decode.
 Splitting the augmentation this way keeps it the paper's while the workers only move uint8 bytes.
 
 Image tensors are uint8 [3, H, W] RGB until the batch step. Landmarks are float (x, y) in continuous
@@ -22,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as Fn
+import torchvision
 import torchvision.transforms as T
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
@@ -720,11 +723,16 @@ class PretrainView(_Seeded):
     """(origin, view1, view2, sigma): the FFL origin and the two GFL views of the paper, all uint8.
 
     The Gaussian blur of each view is drawn here (sigma) but applied per batch in pretrain_batch.
+    augment="device": the loader only decodes and resizes, -> (origin, source, crop): the image resized to a
+    view_size square and crop = (H, W, crop_scale) of the original; pretrain_batch then draws and makes both
+    views for the whole batch on the training device (view_params, render_views). The crops' distribution is the
+    same; a small crop of an image larger than the view comes out softer, as it is enlarged from the resized image
+    (RAF-DB's aligned faces, 100 px, and the synthetic ones, 112 px, are smaller than a 224-px view).
     """
 
-    def __init__(self, base, view_size=224, origin_size=112, seed=0, crop_scale=0.08):
+    def __init__(self, base, view_size=224, origin_size=112, seed=0, crop_scale=0.08, augment="loader"):
         super().__init__(base, seed)
-        self.view_size, self.origin_size, self.crop_scale = view_size, origin_size, crop_scale
+        self.view_size, self.origin_size, self.crop_scale, self.augment = view_size, origin_size, crop_scale, augment
         self.colour = v2.Compose([v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), v2.RandomGrayscale(p=0.2)])
 
     def view(self, img):
@@ -741,6 +749,9 @@ class PretrainView(_Seeded):
 
     def transform(self, img, label, landmarks):
         origin = F.resize(img, [self.origin_size] * 2, antialias=True)  # FFL input: resize only, no augmentation
+        if self.augment == "device":
+            crop = torch.tensor([img.shape[1], img.shape[2], self.crop_scale])
+            return origin, F.resize(img, [self.view_size] * 2, antialias=True), crop
         view1, view2 = self.view(img), self.view(img)
         sigma = torch.empty(2).uniform_(0.1, 2.0) * self.view_size / 224  # paper's range at 224, scaled with the view
         return origin, view1, view2, sigma
@@ -810,9 +821,115 @@ def gaussian_blur(x, sigma):
     return y.view(B, C, H, W)
 
 
+def crop_boxes(sizes, scale, ratio=(3 / 4, 4 / 3), attempts=10):
+    """RandomResizedCrop.get_params for a batch, drawn on sizes' device: (B,2) image (H, W) -> (B,4) (top, left,
+    h, w) in pixels. The same distribution: `attempts` draws of area (scale · H·W) and log-uniform aspect ratio,
+    the first crop that fits wins, a centre crop of the nearest allowed ratio if none does."""
+    B, dev = sizes.shape[0], sizes.device
+    H, W = sizes[:, :1].float(), sizes[:, 1:].float()  # (B,1)
+    area = H * W * torch.empty(B, attempts, device=dev).uniform_(*scale)
+    aspect = torch.empty(B, attempts, device=dev).uniform_(*map(math.log, ratio)).exp()
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()  # round half to even, as Python's round
+    fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)  # (B,attempts); float32 throughout, for MPS
+    first = fits.float().argmax(1, keepdim=True)  # index of the first crop that fits (0 if none does)
+    w, h = w.gather(1, first), h.gather(1, first)
+    # none fits: the whole image, cut to the nearest allowed aspect ratio
+    wide, tall = W / H > ratio[1], W / H < ratio[0]
+    fw = torch.where(wide, (H * ratio[1]).round(), W)
+    fh = torch.where(tall, (W / ratio[0]).round(), H)
+    ok = fits.any(1, keepdim=True)
+    w, h = torch.where(ok, w, fw), torch.where(ok, h, fh)
+    u = torch.rand(B, 2, device=dev)
+    top = torch.where(ok, (u[:, :1] * (H - h + 1)).floor(), ((H - h) / 2).floor())  # torch.randint's uniform integer
+    left = torch.where(ok, (u[:, 1:] * (W - w + 1)).floor(), ((W - w) / 2).floor())
+    return torch.cat([top, left, h, w], 1).long()
+
+
+def _gray(x):
+    """ITU-R 601 luma, as torchvision's rgb_to_grayscale: (B,3,H,W) -> (B,1,H,W)."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _blend(x, y, f):
+    """f·x + (1 − f)·y per image (f: (B,)), clamped to [0, 1]: torchvision's brightness / contrast / saturation."""
+    f = f.view(-1, 1, 1, 1).to(x.dtype)
+    return (f * x + (1 - f) * y).clamp_(0, 1)
+
+
+def adjust_hue(x, f):
+    """Rotate each image's hue by f (B,) turns through HSV, as torchvision's adjust_hue: (B,3,H,W) in [0, 1]."""
+    r, g, b = x.unbind(1)
+    v, low = x.max(1).values, x.min(1).values
+    chroma = v - low
+    s = chroma / torch.where(v == 0, 1, v)
+    c = torch.where(chroma == 0, 1, chroma)
+    rc, gc, bc = (v - r) / c, (v - g) / c, (v - b) / c
+    h = torch.where(v == r, bc - gc, torch.where(v == g, 2 + rc - bc, 4 + gc - rc))
+    h = (h / 6 + 1 + f.view(-1, 1, 1).to(x.dtype)) % 1 * 6  # (B,H,W), rotated, in [0, 6)
+    # back to RGB, channel by channel: c = v − v·s·clamp(min(k, 4 − k), 0, 1), k = (n + h) mod 6, n = 5, 3, 1 for
+    # R, G, B: the closed form of HSV's six-sector table, without building the table (1.6x on a CPU)
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h[:, None]) % 6
+    return v[:, None] - (v * s)[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+COLOUR_OPS = (lambda x, f: _blend(x, torch.zeros_like(x), f),  # brightness
+              lambda x, f: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), f),  # contrast
+              lambda x, f: _blend(x, _gray(x), f),  # saturation
+              adjust_hue)
+
+
+def view_params(sizes, crop_scale):
+    """Draw the paper's view augmentation for a batch of images of (H, W) sizes (B,2), on sizes' device: crop boxes
+    (RandomResizedCrop, scale (crop_scale, 1), ratio 3/4-4/3), flip p 0.5, RandomApply(ColorJitter(0.8, 0.8,
+    0.8, 0.2), p=0.8) with its factors (brightness, contrast, saturation, hue) and a random order per image, and
+    RandomGrayscale(p=0.2). -> a dict of (B,...) tensors."""
+    B, dev = sizes.shape[0], sizes.device
+    low = torch.tensor([0.2, 0.2, 0.2, -0.2], device=dev)  # 1 ± 0.8 and ± 0.2 turns of hue
+    factors = low + torch.tensor([1.6, 1.6, 1.6, 0.4], device=dev) * torch.rand(B, 4, device=dev)
+    return dict(box=crop_boxes(sizes, (crop_scale, 1.0)), flip=torch.rand(B, device=dev) < 0.5,
+                jitter=torch.rand(B, device=dev) < 0.8, factors=factors,
+                order=torch.rand(B, 4, device=dev).argsort(1),  # a uniform random order of the four (randperm)
+                gray=torch.rand(B, device=dev) < 0.2)
+
+
+def colour(x, jitter, factors, order, gray):
+    """Colour jitter (each image its own factors and order) then grayscale, on float (B,3,H,W) in [0, 1]."""
+    x = x.clone()
+    for k in range(4):  # the k-th adjustment of each jittered image
+        for op in range(4):
+            idx = (jitter & (order[:, k] == op)).nonzero().squeeze(1)
+            if len(idx):
+                x[idx] = COLOUR_OPS[op](x[idx], factors[idx, op])
+    return torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+
+
+def render_views(source, sizes, p, view_size):
+    """Apply view_params p to a uint8 batch on the training device -> float views (B,3,V,V) in [0, 1].
+
+    source (B,3,S,S): each image resized to a square in the loader; sizes (B,2): its original (H, W), in whose
+    pixels the boxes were drawn. The crop is resampled with roi_align (bilinear, averaging several samples per
+    output pixel when it shrinks). Colour acts on each pixel alone (contrast on the image mean), so doing it
+    after the resize, as here, gives the view that PretrainView.view gives.
+    """
+    B, _, S, _ = source.shape
+    box = p["box"].float() / sizes.repeat(1, 2).float() * S  # (B,4) top, left, h, w in source pixels
+    rois = torch.stack([torch.arange(B, device=source.device, dtype=torch.float32), box[:, 1], box[:, 0],
+                        box[:, 1] + box[:, 3], box[:, 0] + box[:, 2]], 1)  # (B,5): index, x1, y1, x2, y2
+    x = torchvision.ops.roi_align(source.float() / 255, rois, view_size, aligned=True)  # (B,3,V,V)
+    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
+    return colour(x, p["jitter"], p["factors"], p["order"], p["gray"])
+
+
 def pretrain_batch(batch, device):
     """Collated PretrainView items -> (origin, view1, view2), float32, normalised, views blurred, on device."""
-    origin, view1, view2, sigma = (t.to(device, non_blocking=True) for t in batch)
+    if len(batch) == 3:  # PretrainView(augment="device"): both views drawn and made here, for the whole batch
+        origin, source, crop = (t.to(device, non_blocking=True) for t in batch)
+        sizes = crop[:, :2].long()
+        view1, view2 = (render_views(source, sizes, view_params(sizes, crop[0, 2].item()), source.shape[-1]) * 255
+                        for _ in range(2))  # float in [0, 255], what normalize expects of uint8
+        sigma = torch.empty(len(source), 2, device=source.device).uniform_(0.1, 2.0) * source.shape[-1] / 224
+    else:
+        origin, view1, view2, sigma = (t.to(device, non_blocking=True) for t in batch)
 
     def finish(views, sigma):
         # blur always (p = 1, as the reference's BYOL views). 4 images at a time: on a CPU their float copies

@@ -78,8 +78,8 @@ def run_cli(main, argv=None):
         return 2
     except torch.OutOfMemoryError:
         given = " ".join(sys.argv[1:] if argv is None else argv) or "the defaults"
-        print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, or "
-              f"--precision bf16/fp16; the run folder's last.pt still holds the last completed epoch.", file=sys.stderr)
+        print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, "
+              f"--precision bf16/fp16, or (train.py) --activation-checkpointing true; the run folder's last.pt still holds the last completed epoch.", file=sys.stderr)
         return 4
 
 

@@ -400,9 +400,12 @@ class SimFLE(nn.Module):
             # still updates BatchNorm running statistics. No gradient reaches the backbone from FFL.
             fmap = self.backbone.feature_map(origin)  # (B,C,h,w)
         # fp32 even under autocast: the grouping layer's channels start ~1e-3 apart (ChannelGrouping), below
-        # bf16's resolution at 1.0 (2^-7), and in bf16 they would round alike and never separate.
+        # bf16's resolution at 1.0 (2^-7), and in bf16 they would round alike and never separate. And l_g sums C²
+        # squares (4 M at C = 2048), far past fp16's largest number (65504).
         with torch.autocast(origin.device.type, enabled=False):
             attn = self.grouping(fmap.float())  # (B,C,h,w); trained only by the grouping loss
+            # l_g as in the paper; the reference loop minimises MSE(l_g, 0) = l_g², kept here
+            l_grouping = grouping_loss(channel_similarity(attn), c.groups) ** 2
         maps = group_maps(attn.detach(), c.groups)  # (B,G,h,w)
         chosen = torch.randint(c.groups, (origin.shape[0],), device=origin.device)  # fresh group per image, per step
         if c.masking == "semantic":
@@ -414,9 +417,7 @@ class SimFLE(nn.Module):
         pred = self.facemae.decode(latent, ids_restore)  # (B,N,p·p·3)
         target, mean, var = norm_pix_targets(origin.float(), c.patch_size)
         return dict(attn=attn, maps=maps, chosen=chosen, scores=scores, mask=mask, latent=latent, pred=pred,
-                    reconstruction=reconstruction_loss(pred, target, mask),
-                    # l_g as in the paper; the reference loop minimises MSE(l_g, 0) = l_g², kept here
-                    grouping=grouping_loss(channel_similarity(attn), c.groups) ** 2,
+                    reconstruction=reconstruction_loss(pred, target, mask), grouping=l_grouping,
                     patch_mean=mean, patch_var=var)
 
     def forward(self, origin, view1, view2):

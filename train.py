@@ -12,7 +12,9 @@ fp16 + GradScaler on older GPUs (a Colab T4), fp32 on MPS and other CPUs; channe
 The model file has no device code.
 """
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -22,6 +24,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -34,7 +37,8 @@ from simfle import SimFLE, SimFLEConfig
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
                   "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
 # options that belong to this invocation, never taken from a checkpoint on --resume
-RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "out", "stop_after_steps"}
+RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "activation_checkpointing", "augment",
+                   "out", "stop_after_steps"}
 
 
 # ----------------------------------------------------------------------------- options
@@ -78,11 +82,16 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+    p.add_argument("--activation-checkpointing", type=str2bool, default=False, metavar="BOOL",
+                   help="recompute the ResNet's and FaceMAE's block activations in the backward: less memory, more time")
     p.add_argument("--num-synthetic", type=int, default=None, help="size of the synthetic training set")
     p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
                    help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders scenes")
     p.add_argument("--crop-scale", type=float, default=None,
                    help="smallest area of a view's RandomResizedCrop (paper: 0.08)")
+    p.add_argument("--augment", default="loader", choices=["loader", "device"],
+                   help="where the views' crop, flip and colour are made: per image in the loader workers, or "
+                        "batched on the training device (the workers then only decode); blur is batched either way")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear lr warm-up over this many epochs, per step (paper: 0)")
     p.add_argument("--knn-samples", type=int, default=1000, help="cap on each split for the k-NN monitor (0: off)")
@@ -243,7 +252,8 @@ def build_data(args, setup, cfg):
     """The unlabelled training views and one DataLoader for the whole run: -> (train_base, loader, steps/epoch)."""
     train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_count=args.num_synthetic,
                                   synthetic_look=args.look, render=True)
-    pretrain_set = data.PretrainView(train_base, cfg.view_size, cfg.origin_size, seed=args.seed, crop_scale=args.crop_scale)
+    pretrain_set = data.PretrainView(train_base, cfg.view_size, cfg.origin_size, seed=args.seed,
+                                     crop_scale=args.crop_scale, augment=args.augment)
     per_rank = args.batch_size // setup.world
     if per_rank < 2:
         raise SystemExit(f"error: --batch-size {args.batch_size} over {setup.world} processes leaves fewer than "
@@ -278,6 +288,44 @@ def build_monitor(args, setup, train_base):
             for b in (train_base, held_out)]
 
 
+@contextlib.contextmanager
+def buffers_kept(module):
+    """Put the module's buffers back as they were on exit. A recomputed forward runs its BatchNorms in train mode
+    again; without this, the batch would count twice in their running statistics and num_batches_tracked."""
+    saved = [b.clone() for b in module.buffers()]
+    try:  # also when checkpoint stops a recomputation early, by raising inside it
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(module.buffers(), saved):
+                b.copy_(s)
+
+
+def checkpointed_forward(block, forward, *args, **kwargs):
+    """block's own forward under activation checkpointing: only its inputs are kept, the rest is recomputed in the
+    backward (in the forward's autocast and RNG state, so with the same result)."""
+    if not torch.is_grad_enabled():  # no-grad passes (origin, target) keep no activations to begin with
+        return forward(*args, **kwargs)
+    if torch.compiler.is_compiling():  # compiled, the backward recomputes values but never the buffers' updates
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs,
+                      context_fn=lambda: (contextlib.nullcontext(), buffers_kept(block)))
+
+
+def checkpoint_activations(model):
+    """Activation checkpointing on the online ResNet's blocks (layer1..layer4) and FaceMAE's transformer blocks.
+
+    Each block's forward is replaced on the instance, so the module tree and the state_dict keys stay as they are:
+    checkpoints load with or without it.
+    """
+    b = model.backbone
+    blocks = [*b.layer1, *b.layer2, *b.layer3, *b.layer4]
+    if model.config.use_facemae:
+        blocks += [*model.facemae.encoder, *model.facemae.decoder]
+    for block in blocks:
+        block.forward = functools.partial(checkpointed_forward, block, block.forward)
+
+
 class NonFiniteLoss(Exception):
     """A loss part became NaN or infinite; the weights were not updated."""
 
@@ -285,12 +333,14 @@ class NonFiniteLoss(Exception):
 class Trainer:
     """The model and what updates it; step() is one SimFLE training step."""
 
-    def __init__(self, cfg, setup, lr, weight_decay, compile=False):
+    def __init__(self, cfg, setup, lr, weight_decay, compile=False, activation_checkpointing=False, channels_last=None):
         device = setup.device
         self.raw_model = model = SimFLE(cfg).to(device)  # checkpoints are saved from this uncompiled, unwrapped module
-        # channels_last: on an H200 1.6x over bf16 alone; on a 2-core CPU 1.2x in fp32, and what makes CPU bf16
-        # pay, since oneDNN's bf16 convolutions want it (benchmarks/README.md)
-        self.channels_last = device.type in ("cuda", "cpu")
+        # channels_last (None: by device): on an H200 1.6x over bf16 alone; on a 2-core CPU 1.2x in fp32, and what
+        # makes CPU bf16 pay, since oneDNN's bf16 convolutions want it (benchmarks/README.md)
+        self.channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
+        if activation_checkpointing:
+            checkpoint_activations(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
@@ -400,7 +450,7 @@ def train(argv=None):
     if args.workers is None:
         args.workers = min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 0
     train_base, loader, steps_per_epoch = build_data(args, setup, args.config)
-    trainer = Trainer(args.config, setup, args.lr, args.weight_decay, args.compile)
+    trainer = Trainer(args.config, setup, args.lr, args.weight_decay, args.compile, args.activation_checkpointing)
     position = {"epoch": 0, "step_in_epoch": 0, "step": 0, "progress": {}}
     if args.ckpt is not None:
         trainer.load(args.ckpt, args.resume)

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
-from bench_step import machine_info  # noqa: E402
+from bench_step import machine  # noqa: E402
 
 
 def timed_probe(trunk, train, test, size, device, epochs, features, batch_size, workers):
@@ -53,7 +53,6 @@ def main(argv=None):
     trunk, cfg, _ = evaluate.load_trunk("random", args.preset)
     train = data.get_dataset("synthetic", split="train", synthetic_count=args.train_images)
     test = data.get_dataset("synthetic", split="test", synthetic_count=args.test_images)
-    info = machine_info(args.device)
     rows = []
     for features in ("augmented", "cached"):
         one = timed_probe(trunk, train, test, cfg.view_size, device, 1, features, args.batch_size, args.workers)
@@ -65,8 +64,7 @@ def main(argv=None):
         rows.append((features, fixed, per_epoch, args.train_images / per_epoch, fixed + 100 * per_epoch))
         print(f"{features}: {one:.1f} s for 1 epoch, {many:.1f} s for {epochs}", flush=True)
     command = "python benchmarks/bench_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"\n{command}\n{info['date']}, {info['cpu']} ({info['cpu_cores']} cores), {info.get('gpu', 'no GPU')}, "
-          f"torch {info['torch']}; {cfg.backbone} at {cfg.view_size} px, {args.train_images} train / "
+    print(f"\n{command}\n{machine()}; {cfg.backbone} at {cfg.view_size} px, {args.train_images} train / "
           f"{args.test_images} test synthetic faces, batch {args.batch_size}\n")
     print("| features | fixed cost s | s per epoch | training images/s | 100 epochs, s | x faster (100 epochs) |")
     print("|---|---|---|---|---|---|")

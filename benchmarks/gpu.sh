@@ -1,70 +1,91 @@
 #!/usr/bin/env bash
-# The GPU suite, in one go (under 8 minutes on one H100/H200-class GPU):
-#   1. the input side: DataLoader throughput with every CPU core as a worker on synthetic faces (fresh workers
-#      each epoch vs persistent_workers, + pin_memory), and the blur + normalisation per image on the CPU vs
-#      batched on the GPU;
-#   2. the training step at the paper preset, batch 256: fp32 vs bf16, eager vs torch.compile, and the other fast
-#      paths on top of bf16; images/s, peak GPU memory (max_memory_allocated), FLOPs per image (counted with
-#      torch.utils.flop_counter on one step) and the fraction of the GPU's dense peak (bench_step.py's table).
-# Every configuration runs in a fresh process; later ones are skipped when the time budget runs short, compiled
-# ones first. Prints everything; writes step.{json,md}, input.{json,md}, summary.md and gpu.log into $OUT if set.
+# The GPU suite in one run (about 6 minutes on one H200 with the default configurations):
+#   1. the pure step: bench_step.py (train.py's Trainer.step on random uint8 batches) per configuration;
+#   2. train.py end to end on synthetic faces (loader workers, the step, the log) at the same batch, with the views
+#      augmented in the loader and on the device (--augment): images/s of its second epoch from metrics.jsonl, and
+#      its ratio to the pure step of the configuration train.py ran ($precision+channels_last, its default layout);
+#   3. peak memory at the same batch with and without activation checkpointing, under a cap of --cap-gib GiB
+#      of GPU memory (torch.cuda.set_per_process_memory_fraction; default 15 GiB, what a 16 GB T4 offers).
+# Every bench_step.py configuration runs in a fresh process. Prints everything; with OUT=<folder> set, also writes
+# step.md, memory.md, train.md, train_metrics_*.jsonl, summary.md and gpu.log there.
 #
-#   bash benchmarks/gpu.sh                                          # on the GPU machine
-#   bash benchmarks/gpu.sh --device cpu --preset tiny --batch-size 8   # the same code path on a CPU, ~1.5 min
-# Options: --device D, --preset tiny|paper, --batch-size N, --budget SECONDS (default 450), --steps N, --warmup N.
-# Needs only python3 with torch, torchvision and tqdm.
-set -uo pipefail
+#   OUT=/tmp/gpu bash benchmarks/gpu.sh                      # on the GPU machine: paper preset, batch 256
+#   OUT=/tmp/cpu bash benchmarks/gpu.sh --device cpu --preset tiny --batch-size 8 --steps 4 --workers 1
+#                                                            # dry run of the same code path on a CPU (no cap there)
+# Options: --device D, --preset tiny|paper, --batch-size N, --precision fp32|bf16|fp16 (default bf16),
+#   --configs LIST (bench_step.py's; add e.g. bf16+channels_last+compile, ~3 min to compile),
+#   --steps N (train.py --max-steps per epoch; 2 epochs), --workers N (train.py's loader), --cap-gib G.
+set -euo pipefail
 cd "$(dirname "$0")/.."
+invocation="bash benchmarks/gpu.sh $*"
 
-device=cuda preset=paper batch=256 budget=450 steps=10 warmup=3
+device=cuda preset=paper batch=256 precision=bf16 steps=20 workers=16 cap=15 configs=
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device=$2; shift 2 ;;
         --preset) preset=$2; shift 2 ;;
         --batch-size) batch=$2; shift 2 ;;
-        --budget) budget=$2; shift 2 ;;
+        --precision) precision=$2; shift 2 ;;
+        --configs) configs=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
-        --warmup) warmup=$2; shift 2 ;;
+        --workers) workers=$2; shift 2 ;;
+        --cap-gib) cap=$2; shift 2 ;;
         -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+matched=$precision+channels_last  # what train.py runs below
+configs=${configs:-fp32,bf16,$matched,$matched+ckpt,fp16+channels_last}
 py=${PYTHON:-python3}
 command -v "$py" >/dev/null || py=python
-start=$(date +%s)
-out=${OUT:-}
-if [ -n "$out" ]; then
-    mkdir -p "$out"
-    exec > >(tee "$out/gpu.log") 2>&1
-fi
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+exec > >(tee "$out/gpu.log") 2>&1
 export PYTHONUNBUFFERED=1
+start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 
-echo "== gpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ): device $device, preset $preset, batch $batch, budget ${budget}s"
+echo "== gpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ): device $device, preset $preset, batch $batch, precision $precision"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$py" -c "import torch, torchvision, tqdm; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
-'tqdm', tqdm.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" \
-    || { echo "gpu.sh: python3 with torch, torchvision and tqdm is needed" >&2; exit 2; }
 
-# 1. the input side: bounded on its own, so the step table keeps most of the budget
-echo; echo "== 1. input side ($(elapsed) s)"
-timeout $(( budget / 4 )) "$py" benchmarks/bench_step.py --input --device "$device" --preset "$preset" \
-    --batch-sizes "$batch" ${out:+--out "$out"} \
-    || echo "input side: failed or out of its $(( budget / 4 )) s"
+echo; echo "== 1. the pure step ($(elapsed) s)"
+"$py" benchmarks/bench_step.py --device "$device" --preset "$preset" --batch-size "$batch" --configs "$configs" \
+    --warmup 3 --steps 10 --out "$out" --name step
 
-# 2. the training step; eager configurations first, then compiled ones, then the rest while time is left
-configs=fp32,bf16,bf16+channels_last,bf16+compile,fp32+compile,bf16+channels_last+fused+nosync+cudnn_benchmark
-configs=$configs,bf16+nosync,bf16+fused,bf16+cudnn_benchmark
-left=$(( budget - $(elapsed) - 10 ))
-echo; echo "== 2. training step ($(elapsed) s, ${left} s left)"
-"$py" benchmarks/bench_step.py --device "$device" --preset "$preset" --batch-sizes "$batch" --configs "$configs" \
-    --flops --warmup "$warmup" --steps "$steps" --time-budget "$left" --compile-budget 150 --compile-on-cpu \
-    --wait-quiet 0 ${out:+--out "$out"} \
-    || echo "training step: failed"
+echo; echo "== 2. train.py end to end, views augmented in the loader and on the device ($(elapsed) s)"
+for augment in loader device; do
+    run=$(mktemp -d)  # its last.pt (GBs at the paper preset) stays out of $out
+    "$py" train.py --data synthetic --num-synthetic $(( batch * steps )) --preset "$preset" --batch-size "$batch" \
+        --epochs 2 --max-steps "$steps" --workers "$workers" --device "$device" --precision "$precision" \
+        --augment $augment --probe false --knn-samples 0 --out "$run"
+    cp "$run/metrics.jsonl" "$out/train_metrics_$augment.jsonl" && rm -rf "$run"
+done
+"$py" - "$out" "$matched" "$steps" "$workers" <<'EOF'
+import json, sys
+out, matched, steps, workers = sys.argv[1:]
+rows = json.load(open(f"{out}/step.json"))["rows"]
+step = next(r for r in rows if r["config"] == matched and "error" not in r)
+pure = step["batch"] / step["step_s"]
+lines = ["| what | images/s | x pure step |", "|---|---|---|", f"| pure step, {matched} (bench_step.py) | {pure:.1f} | 1.00 |"]
+for augment in ("loader", "device"):
+    last = [json.loads(line) for line in open(f"{out}/train_metrics_{augment}.jsonl")][-1]  # epoch 2: workers warm
+    lines.append(f"| train.py --augment {augment}, epoch {last['epoch']} of 2 ({steps} steps, {workers} workers) "
+                 f"| {last['images_per_s']:.1f} | {last['images_per_s'] / pure:.2f} |")
+open(f"{out}/train.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
 
-if [ -n "$out" ]; then
-    { echo "# gpu.sh summary"; echo
-      echo "device $device, preset $preset, batch $batch, $(elapsed) s in all"; echo
-      for f in input step; do [ -f "$out/$f.md" ] && { cat "$out/$f.md"; echo; }; done; } > "$out/summary.md"
-fi
-echo; echo "== done in $(elapsed) s"
+echo; echo "== 3. peak memory with and without activation checkpointing, cap ${cap} GiB ($(elapsed) s)"
+fraction=$("$py" -c "import torch; d = torch.device('$device')
+print(min(1.0, $cap * 2**30 / torch.cuda.get_device_properties(d).total_memory) if d.type == 'cuda' else '')")
+"$py" benchmarks/bench_step.py --device "$device" --preset "$preset" --batch-size "$batch" \
+    --configs "$matched,$matched+ckpt" --warmup 1 --steps 3 ${fraction:+--memory-fraction "$fraction"} \
+    --out "$out" --name memory
+
+{ echo "# gpu.sh summary"; echo
+  echo "\`$invocation\` ($(elapsed) s in all): device $device, preset $preset, batch $batch, precision $precision"; echo
+  echo "## 1. the pure step"; echo; cat "$out/step.md"; echo
+  echo "## 2. train.py end to end"; echo; cat "$out/train.md"; echo
+  echo "## 3. memory, cap ${cap} GiB (fraction ${fraction:-none: not a GPU})"; echo; cat "$out/memory.md"; } \
+    > "$out/summary.md"
+echo; echo "== done in $(elapsed) s; summary: $out/summary.md"

@@ -457,3 +457,108 @@ def test_pretrain_and_probe_batch():
     images, labels, landmarks = data.probe_batch(batch, "cpu")
     assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.long and landmarks.shape == (4, 15, 2)
     assert labels.tolist() == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- batched view augmentation
+
+
+def quantiles(x):
+    return torch.quantile(torch.as_tensor(x, dtype=torch.float64), torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9],
+                                                                                dtype=torch.float64))
+
+
+@pytest.mark.parametrize("H,W,scale", [(100, 100, 0.08), (60, 200, 0.08), (112, 90, 0.3)])
+def test_batched_crops_follow_random_resized_crop(H, W, scale):
+    """Areas and aspect ratios of crop_boxes match torchvision's per-image RandomResizedCrop.get_params."""
+    n = 4000
+    torch.manual_seed(0)
+    top, left, h, w = data.crop_boxes(torch.tensor([[H, W]] * n), (scale, 1.0)).T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
+    assert (h > 0).all() and (w > 0).all()
+    img = torch.zeros(3, H, W)
+    ref = torch.tensor([v2.RandomResizedCrop.get_params(img, [scale, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]).T
+    for mine, theirs in ((h * w / (H * W), ref[2] * ref[3] / (H * W)), ((w / h).log(), (ref[3] / ref[2]).log()),
+                         ((top + h / 2) / H, (ref[0] + ref[2] / 2) / H), ((left + w / 2) / W, (ref[1] + ref[3] / 2) / W)):
+        torch.testing.assert_close(quantiles(mine), quantiles(theirs), atol=0.04, rtol=0)
+
+
+def test_batched_crop_falls_back_to_torchvision_centre_crop():
+    """No crop of area >= 0.5 with aspect ratio <= 4/3 fits a 20x200 image: both take the centre, 4/3 wide."""
+    torch.manual_seed(0)
+    boxes = data.crop_boxes(torch.tensor([[20, 200], [200, 20], [20, 202]]), (0.5, 1.0))
+    img_wide, img_tall, odd = torch.zeros(3, 20, 200), torch.zeros(3, 200, 20), torch.zeros(3, 20, 202)
+    expected = [list(v2.RandomResizedCrop.get_params(i, [0.5, 1.0], [3 / 4, 4 / 3])) for i in (img_wide, img_tall, odd)]
+    assert boxes.tolist() == expected  # the last: (202 - 27) // 2 = 87, not round(87.5) = 88
+
+
+@pytest.mark.parametrize("op,theirs", [(0, F.adjust_brightness), (1, F.adjust_contrast), (2, F.adjust_saturation),
+                                       (3, F.adjust_hue)])
+def test_batched_colour_ops_are_torchvisions(op, theirs):
+    torch.manual_seed(0)
+    x = torch.rand(5, 3, 9, 7)
+    x[0] = x[0, :1]  # a gray image: no hue, no saturation
+    x[1, :, :2] = 0  # black pixels
+    f = torch.tensor([0.2, 0.7, 1.0, 1.5, 1.8]) if op < 3 else torch.tensor([-0.2, -0.05, 0.0, 0.11, 0.2])
+    mine = data.COLOUR_OPS[op](x, f)
+    for i in range(5):
+        torch.testing.assert_close(mine[i], theirs(x[i], f[i].item()), atol=2e-6, rtol=0)
+
+
+def test_batched_view_params_match_the_per_image_transforms():
+    """Jitter factors and order against v2.ColorJitter(0.8, 0.8, 0.8, 0.2).make_params; the rates of jitter (0.8),
+    flip (0.5) and grayscale (0.2) within 4 standard deviations of the per-image transforms' probabilities."""
+    n = 20000
+    torch.manual_seed(0)
+    p = data.view_params(torch.tensor([[64, 64]] * n), 0.08)
+    jitter = v2.ColorJitter(0.8, 0.8, 0.8, 0.2)
+    ref = [jitter.make_params([torch.zeros(3, 2, 2)]) for _ in range(4000)]
+    names = ["brightness_factor", "contrast_factor", "saturation_factor", "hue_factor"]
+    for k, name in enumerate(names):
+        torch.testing.assert_close(quantiles(p["factors"][:, k]), quantiles([r[name] for r in ref]), atol=0.06, rtol=0)
+    for k in range(4):  # which adjustment comes k-th: each of the four a quarter of the time, as randperm
+        mine = torch.bincount(p["order"][:, k], minlength=4) / n
+        theirs = torch.bincount(torch.stack([r["fn_idx"][k] for r in ref]), minlength=4) / len(ref)
+        torch.testing.assert_close(mine, theirs, atol=0.03, rtol=0)
+    for name, rate in (("jitter", 0.8), ("flip", 0.5), ("gray", 0.2)):
+        assert abs(p[name].float().mean().item() - rate) < 4 * (rate * (1 - rate) / n) ** 0.5, name
+
+
+def test_render_views_crops_flips_and_colours_as_told():
+    torch.manual_seed(0)
+    source = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    sizes = torch.tensor([[100, 100], [100, 100], [100, 50]])
+    p = dict(box=torch.tensor([[0, 0, 100, 100], [0, 0, 100, 100], [50, 0, 50, 25]]),
+             flip=torch.tensor([False, True, False]), jitter=torch.zeros(3, dtype=torch.bool),
+             factors=torch.ones(3, 4), order=torch.arange(4).repeat(3, 1), gray=torch.tensor([False, False, True]))
+    views = data.render_views(source, sizes, p, 32)
+    x = source.float() / 255
+    torch.testing.assert_close(views[0], x[0], atol=1e-6, rtol=0)  # the whole image at its own size: unchanged
+    torch.testing.assert_close(views[1], x[1].flip(-1), atol=1e-6, rtol=0)
+    # bottom-left quarter of the source (rows 16.., columns ..16), upsampled x2; gray: three equal channels
+    quarter = data._gray(x[2:3, :, 16:, :16])[0]
+    torch.testing.assert_close(views[2][:, ::2, ::2].mean(), quarter.mean(), atol=0.02, rtol=0)
+    assert torch.equal(views[2][0], views[2][1]) and torch.equal(views[2][1], views[2][2])
+    p.update(jitter=torch.ones(3, dtype=torch.bool), factors=torch.tensor([[0.5, 1, 1, 0]] * 3))  # brightness x0.5
+    torch.testing.assert_close(data.render_views(source, sizes, p, 32)[0], x[0] * 0.5, atol=1e-6, rtol=0)
+
+
+def test_views_augmented_on_the_device_look_like_the_loaders():
+    """PretrainView(augment="device") + pretrain_batch against the per-image views on the same faces: same shapes,
+    and the views' pixel statistics (mean and spread per channel, over many draws) agree."""
+    base = data.get_dataset("synthetic", split="train", synthetic_count=32, render=True)
+    stats = {}
+    for augment in ("loader", "device"):
+        views = data.PretrainView(base, view_size=48, origin_size=112, augment=augment)
+        torch.manual_seed(0)
+        out = []
+        for epoch in range(4):
+            views.set_epoch(epoch)
+            batch, _ = data.collate([views[i] for i in range(len(views))])
+            out.append(data.pretrain_batch(batch, "cpu"))
+        origin, v1, v2_ = (torch.cat(t) for t in zip(*out))
+        assert origin.shape == (128, 3, 112, 112) and v1.shape == v2_.shape == (128, 3, 48, 48)
+        v = torch.cat([v1, v2_])
+        stats[augment] = (origin, v.mean((0, 2, 3)), v.std((0, 2, 3)), v.mean((1, 2, 3)).std())
+    torch.testing.assert_close(stats["device"][0], stats["loader"][0])  # the origin is not augmented
+    for mine, theirs in zip(stats["device"][1:], stats["loader"][1:]):
+        torch.testing.assert_close(mine, theirs, atol=0.1, rtol=0.1)

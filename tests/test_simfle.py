@@ -257,6 +257,22 @@ def test_grouping_layer_leaves_its_symmetric_start(precision):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
+def test_fp16_autocast_keeps_every_loss_part_finite():
+    """fp16 + GradScaler is train.py's policy on GPUs without bf16 (a T4). The grouping loss sums C² squares, far
+    past fp16's 65504; computed in fp16 it was inf from the first step. It must match the fp32 value."""
+    cfg = tiny()
+    torch.manual_seed(0)
+    model = SimFLE(cfg)
+    inputs = batch(cfg, B=4)
+    torch.manual_seed(1)
+    _, fp32 = model(*inputs)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        _, fp16 = model(*inputs)
+    assert all(torch.isfinite(v) for v in fp16.values()), fp16
+    assert fp16["grouping"].item() == pytest.approx(fp32["grouping"].item(), rel=0.05)
+
+
 def test_seeded_forward_is_reproducible():
     cfg = tiny()
     results = []

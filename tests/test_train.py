@@ -1,5 +1,9 @@
 """train.py / eval.py end to end on CPU: options, checkpoints, resume, interrupts, bad input, DDP."""
+import argparse
+import copy
+import functools
 import json
+import math
 import os
 import pickle
 import signal
@@ -14,6 +18,7 @@ import torchvision
 import data
 import eval as evaluate
 import train
+from simfle import SimFLEConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the smallest run that still exercises every piece: 16 synthetic faces, batch 8, 2 steps an epoch
@@ -195,7 +200,7 @@ def test_out_of_memory_is_one_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train.SimFLE, "forward", oom)
     assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run")]) == 4
     err = capsys.readouterr().err
-    assert "out of GPU memory" in err and "--batch-size" in err
+    assert "out of GPU memory" in err and "--batch-size" in err and "--activation-checkpointing" in err
 
 
 @pytest.mark.slow
@@ -244,6 +249,78 @@ def test_memory_holds_steady_over_hundreds_of_steps():
     assert code == 0
     warm, late = bench_memory.summary(trace)
     assert late < warm * 1.10 + 50, f"RSS grew from {warm:.0f} MB to {late:.0f} MB"
+
+
+def random_pretrain_batch(cfg, n, seed=0):
+    """What data.collate makes of n PretrainView items: uint8 origin, view1, view2 and a sigma per view."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
+              for s in (cfg.origin_size, cfg.view_size, cfg.view_size)]
+    return (*images, torch.empty(n, 2).uniform_(0.1, 2.0, generator=g))
+
+
+def saved_bytes_and_step(trainer, batch):
+    """One training step; -> (bytes the forward kept for the backward outside checkpointed blocks, loss parts)."""
+    kept = [0]
+
+    def pack(t):
+        kept[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        values = trainer.step(batch, lr=0.1)
+    return kept[0], values
+
+
+def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
+    """Same seed, same batch, one step: same loss, gradients, BatchNorm statistics (not counted twice by the
+    recomputation) and weights; the same state_dict keys; and the forward keeps less for the backward."""
+    cfg = SimFLEConfig.preset("tiny", view_size=32)
+    setup = train.Setup(argparse.Namespace(device="cpu", precision="fp32"))
+    batch = random_pretrain_batch(cfg, 4)
+    runs = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        trainer = train.Trainer(cfg, setup, lr=0.1, weight_decay=1e-4, activation_checkpointing=on)
+        torch.manual_seed(1)
+        kept, values = saved_bytes_and_step(trainer, batch)
+        model = trainer.raw_model
+        runs.append((kept, values, {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+                     model.state_dict()))
+    (kept0, values0, grads0, state0), (kept1, values1, grads1, state1) = runs
+    assert kept1 < 0.5 * kept0
+    assert values1 == pytest.approx(values0, rel=1e-5)
+    assert grads0.keys() == grads1.keys() and len(grads0) > 50
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert list(state0) == list(state1)
+    for name in state0:  # running_mean / running_var / num_batches_tracked included
+        torch.testing.assert_close(state1[name], state0[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert state1["backbone.layer1.0.bn1.num_batches_tracked"].item() == 2  # views + origin, nothing more
+
+
+def test_activation_checkpointing_under_torch_compile():
+    """Compiled, checkpoint takes no context_fn; the compiled backward recomputes values, never the BatchNorm
+    updates, so gradients and running statistics are those of the plain module. (aot_eager: compiles in seconds.)"""
+    torch.manual_seed(0)
+    blocks = torch.nn.Sequential(*torchvision.models.resnet18().layer1)
+    plain, checkpointed = copy.deepcopy(blocks), copy.deepcopy(blocks)
+    for block in checkpointed:
+        block.forward = functools.partial(train.checkpointed_forward, block, block.forward)
+    x = torch.randn(2, 64, 8, 8)
+    plain(x).square().mean().backward()
+    torch.compile(checkpointed, backend="aot_eager")(x).square().mean().backward()
+    for a, b in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad)
+    for a, b in zip(plain.buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(b, a)
+    assert checkpointed[0].bn1.num_batches_tracked.item() == 1
+
+
+def test_views_augmented_on_the_device_train(tmp_path):
+    out = str(tmp_path / "run")
+    assert train.cli(QUICK + ["--epochs", "1", "--augment", "device", "--knn-samples", "0", "--out", out]) == 0
+    record = metrics(out)[0]
+    assert record["step"] == 2 and all(math.isfinite(record[k]) for k in ("similarity", "reconstruction", "total"))
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
