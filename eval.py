@@ -7,7 +7,8 @@ Evaluate a pretrained SimFLE trunk, rebuilt from the checkpoint alone (no model 
     python eval.py --ckpt runs/rafdb-paper/last.pt --predict face1.jpg face2.jpg
 
 Modes: linear (default; frozen trunk, BatchNorm in eval mode), knn, finetune (whole network),
-landmarks (linear regression from the frozen last feature map to landmark coordinates).
+landmarks (linear regression from the frozen last feature map to landmark coordinates; for a checkpoint with
+FaceMAE also the landmark hit rate of its semantic masking, trained and at initialisation).
 """
 import argparse
 import json

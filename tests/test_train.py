@@ -389,6 +389,19 @@ def test_main_puts_signal_handlers_back(tmp_path):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_eval_landmarks_reports_the_hit_rate_trained_and_untrained(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    assert train.cli(QUICK + ["--epochs", "1", "--out", out, "--knn-samples", "0"]) == 0
+    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k, "synthetic_count": 24})  # noqa: E731
+    monkeypatch.setattr(data, "get_dataset", small)
+    assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "landmarks", "--device", "cpu"]) == 0
+    report = json.load(open(os.path.join(out, "eval_landmarks_synthetic.json")))
+    for key in ("hit_rate", "hit_rate_untrained"):
+        assert 0 <= report[key]["semantic"] <= 1 and report[key]["random"] == 12 / 49
+        assert len(report[key]["per_group"]) == 32
+    assert "landmark hit rate" in capsys.readouterr().out
+
+
 def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
     """Recomputed independently: for every group, the 12 patches whose upsampled group map is highest are
     visible; a landmark counts when its 16-px patch is one of them. The model is left as it was."""

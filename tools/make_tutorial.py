@@ -136,9 +136,10 @@ md(r"""
 The paper pretrains on face crops (RAF-DB, AffectNet, ...) without their labels. Those datasets need a
 licence, so this notebook uses `data.py`'s **synthetic faces**: procedural faces drawn on the fly, with the
 7 expressions of RAF-DB (made of facial action units: brows raised, lip corners pulled, ...) and 15
-landmarks (brows, eyes, nose, mouth). Pose, identity, hair, glasses, background and lighting vary, so
-nothing but small local cues tells the expressions apart. Each item is a uint8 image, a label and the
-landmarks in pixels.
+landmarks (brows, eyes, nose, mouth). By default they look like RAF-DB's *aligned* faces: the face fills
+the frame and the eyes sit at a fixed height (`synthetic_look="scene"` gives head-and-shoulders pictures with
+clutter instead). Identity (face shape, skin, hair, glasses, beard), a little pose and the lighting vary, so
+only local cues tell the expressions apart. Each item is a uint8 image, a label and the landmarks in pixels.
 """)
 
 code(r'''
@@ -543,7 +544,8 @@ Sixty steps are a glimpse, not a result. The channels have begun to split into b
 differently (S is no longer all ones) and the group maps now differ, but nothing yet ties a group to a
 landmark: some groups attend to the background, and semantic masking then keeps background patches visible.
 The reconstructions are still blurry. The paper trains for 100 epochs; `python train.py` runs the `tiny`
-preset for 6 epochs on 4000 synthetic faces (the README gives its time and numbers).
+preset for 2 epochs on 4000 synthetic faces (the README gives its time and numbers, and
+`benchmarks/README.md` follows the hit rate over a longer run).
 """)
 
 # ----------------------------------------------------------------------------- 8. probes
@@ -620,9 +622,11 @@ plt.show()
 
 md(r"""
 After one minute of pretraining, do not expect the pretrained trunk to beat the random one on either
-probe. The synthetic expressions are hard on purpose (small local cues; identity varies as much as
-expression), so a linear probe of either trunk stays close to chance here, and a random ResNet's feature
-map already locates landmarks well. The comparison becomes meaningful after a real run:
+probe. A freshly initialised ResNet is a strong baseline here: its BatchNorm layers still hold mean 0 and
+variance 1, so it is an unnormalised random network, and on aligned faces its pooled features and its
+feature map already carry much of the expression and the landmark positions. A trained trunk has BatchNorm
+statistics of real faces and must learn its way back above that (the README's quick start and evidence
+sections measure both). The comparison becomes meaningful after a real run:
 `python train.py` ends with the same linear probe of its trunk against a random one, and
 `python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks` runs the landmark probe.
 """)
