@@ -257,7 +257,7 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     else:
         train_view = data.ProbeView(train_base, size, train=True, seed=seed)
     history = []
-    for epoch in tqdm(range(epochs), desc=f"linear probe ({features})", dynamic_ncols=True):
+    for epoch in tqdm(range(epochs), desc=f"linear probe ({features})", **data.progress_options()):
         if features == "cached":
             order = torch.randperm(len(cached_x), generator=torch.Generator().manual_seed(seed + epoch))
             batches = ((cached_x[i].to(device), cached_y[i].to(device)) for i in order.split(batch_size))
@@ -308,7 +308,7 @@ def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=2
     train_view = data.ProbeView(train_base, size, train=True, seed=seed)
     test_loader = loader(data.ProbeView(test_base, size, train=False), 256, workers)
     history = []
-    for epoch in tqdm(range(epochs), desc="fine-tune", dynamic_ncols=True):
+    for epoch in tqdm(range(epochs), desc="fine-tune", **data.progress_options()):
         model.train()
         train_view.set_epoch(epoch)
         for b, _ in loader(train_view, batch_size, workers, True, seed + epoch):

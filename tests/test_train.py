@@ -95,11 +95,12 @@ def test_a_log_file_reads_line_by_line(tmp_path):
     """train.py with its output in a file (CI, nohup, Colab): plain progress lines, none over 300 characters."""
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
-        r = run_script("train.py", *QUICK, "--epochs", "1", "--out", str(tmp_path / "run"), stdout=f,
-                       stderr=subprocess.STDOUT, capture=False)
+        r = run_script("train.py", *QUICK, "--epochs", "1", "--out", str(tmp_path / "run"), "--probe", "true",
+                       "--probe-epochs", "2", stdout=f, stderr=subprocess.STDOUT, capture=False)
     assert r.returncode == 0
     text = log.read_text()
     assert "\r" not in text and "epoch=1 step=2" in text and "epoch 1/1: 100%" in text
+    assert "linear probe (cached): 100%" in text  # the final probe's bar too
     assert max(len(line) for line in text.splitlines()) <= 300
 
 
