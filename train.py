@@ -6,10 +6,13 @@ Pretrain SimFLE without labels, then (on the built-in faces) probe the trunk it 
     python train.py --resume runs/rafdb-paper/last.pt
     torchrun --nproc_per_node=2 train.py --data rafdb   # several GPUs (DDP)
 
-Every field of SimFLEConfig is an option (python train.py --help). One device / precision policy
-lives here: cuda -> mps -> cpu; bf16 autocast on GPUs that have it and on CPUs with bf16 instructions,
-fp16 + GradScaler on older GPUs (a Colab T4), fp32 on MPS and other CPUs; channels_last on CUDA and CPU.
-The model file has no device code.
+Every field of SimFLEConfig is an option (python train.py --help). The device is eval.pick_device's
+(cuda -> mps -> cpu, shared with eval.py); the precision policy lives here: bf16 autocast on GPUs that have
+it and on CPUs with bf16 instructions, fp16 + GradScaler on older GPUs (a Colab T4), fp32 on MPS and other
+CPUs; channels_last on CUDA and CPU. The model file has no device code.
+
+Read train() first: it calls the named steps below (Setup, build_data, Trainer, train_epoch, ...), and
+Trainer.step is the training step of the paper.
 """
 import argparse
 import contextlib
