@@ -70,11 +70,17 @@ def labelled_images(base, size):
     return torch.stack(images), torch.tensor(labels)
 
 
+_DATASETS = {}
+
+
 def datasets(args, seed):
-    """The training split (as pretrained on) and the test split, synthetic faces drawn once into memory."""
-    return [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look, render=True,
-                             synthetic_count=args.num_synthetic if split == "train" else None)
-            for split in ("train", "test")]
+    """The training split (as pretrained on) and the test split, synthetic faces drawn once into memory and kept
+    for every arm of the seed."""
+    if seed not in _DATASETS:
+        _DATASETS[seed] = [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look, render=True,
+                                            synthetic_count=args.num_synthetic if split == "train" else None)
+                           for split in ("train", "test")]
+    return _DATASETS[seed]
 
 
 def evaluate_trunk(trunk, cfg, args, seed, device):
