@@ -80,7 +80,8 @@ def run_cli(main, argv=None):
     except torch.OutOfMemoryError:
         given = " ".join(sys.argv[1:] if argv is None else argv) or "the defaults"
         print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, "
-              f"--precision bf16/fp16, or (train.py) --activation-checkpointing true; the run folder's last.pt still holds the last completed epoch.", file=sys.stderr)
+              f"--precision bf16/fp16, or (train.py) --activation-checkpointing true; the run folder's last.pt "
+              f"still holds the last completed epoch.", file=sys.stderr)
         return 4
 
 
@@ -127,14 +128,17 @@ def recompute_batchnorm(trunk, dataset, size, device, workers=0):
     tell what training changed in the weights from what it changed in the statistics alone. -> the trunk.
     """
     trunk = trunk.to(device)
-    for m in trunk.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # None: a cumulative average over every batch
+    norms = [m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average over every batch
     trunk.train()
     for batch, _ in loader(data.ProbeView(dataset, size, train=False), 256, workers):
         if batch is not None:
             trunk(data.probe_batch(batch, device)[0])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     return trunk.eval()
 
 

@@ -428,3 +428,17 @@ def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
         hits.append(sum(int(p) in set(top[b].tolist()) for b in range(6) for p in patch[b]) / marks[..., 0].numel())
     assert r["per_group"] == pytest.approx(hits) and r["semantic"] == pytest.approx(sum(hits) / 4)
     assert r["random"] == 12 / 49 and r["best_group"] == max(r["per_group"])
+
+
+def test_recompute_batchnorm_is_the_plain_average_over_the_images():
+    from simfle import Backbone
+    torch.manual_seed(0)
+    trunk = Backbone("resnet18")
+    faces = data.get_dataset("synthetic", synthetic_count=10, synthetic_size=64)
+    assert evaluate.recompute_batchnorm(trunk, faces, 32, "cpu") is trunk
+    batch, _ = data.collate([data.ProbeView(faces, 32, train=False)[i] for i in range(10)])
+    with torch.no_grad():
+        conv1 = trunk.conv1(data.probe_batch(batch, "cpu")[0])  # (10, 64, 16, 16): what bn1 normalises
+    assert torch.allclose(trunk.bn1.running_mean, conv1.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(trunk.bn1.running_var, conv1.var((0, 2, 3)), rtol=1e-3)  # unbiased, as BatchNorm keeps it
+    assert trunk.bn1.momentum == 0.1 and not trunk.training  # left as it was found, in eval mode
