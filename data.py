@@ -619,6 +619,9 @@ def draw_face(rng, label, n, look="aligned"):
     return img, torch.from_numpy(np.stack([px, py], 1).astype(np.float32))
 
 
+_RENDERED = {}  # (count, size, seed, stream, look) -> (images, landmarks): the synthetic sets drawn last
+
+
 class SyntheticFaces(FaceDataset):
     """Procedural faces: item i is a pure function of (seed, split, look, i); train, val and test are disjoint streams.
 
@@ -639,14 +642,19 @@ class SyntheticFaces(FaceDataset):
         return draw_face(np.random.default_rng([self.seed, self.stream, i]), self.labels[i], self.size, self.look)
 
     def render(self, progress=True):
-        """Draw every face now and keep them: -> self."""
-        if self.images is None:
+        """Draw every face now and keep them: -> self. The last few sets drawn are kept for the whole process, so
+        the training set that train.py drew is not drawn again for its final probe, nor a probe's for the next."""
+        key = (len(self), self.size, self.seed, self.stream, self.look)
+        if key not in _RENDERED:
             images = torch.empty(len(self), 3, self.size, self.size, dtype=torch.uint8)
             marks = torch.empty(len(self), len(SYNTHETIC_LANDMARKS), 2)
             for i in tqdm(range(len(self)), desc=f"rendering {len(self)} synthetic faces", disable=not progress,
                           leave=False, **progress_options()):
                 images[i], marks[i] = self.draw(i)
-            self.images, self.marks = images, marks
+            _RENDERED[key] = images, marks
+            while len(_RENDERED) > 4:  # oldest first: 150 MB a set of 4,000 faces at 112 px
+                del _RENDERED[next(iter(_RENDERED))]
+        self.images, self.marks = _RENDERED[key]
         return self
 
     def __getitem__(self, i):

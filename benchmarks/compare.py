@@ -70,17 +70,12 @@ def labelled_images(base, size):
     return torch.stack(images), torch.tensor(labels)
 
 
-_DATASETS = {}
-
-
 def datasets(args, seed):
-    """The training split (as pretrained on) and the test split, synthetic faces drawn once into memory and kept
-    for every arm of the seed."""
-    if seed not in _DATASETS:
-        _DATASETS[seed] = [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look, render=True,
-                                            synthetic_count=args.num_synthetic if split == "train" else None)
-                           for split in ("train", "test")]
-    return _DATASETS[seed]
+    """The training split (as pretrained on) and the test split; synthetic faces are drawn once into memory
+    (data.SyntheticFaces.render keeps them for every arm of the seed)."""
+    return [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look, render=True,
+                             synthetic_count=args.num_synthetic if split == "train" else None)
+            for split in ("train", "test")]
 
 
 def evaluate_trunk(trunk, cfg, args, seed, device):

@@ -311,6 +311,10 @@ def test_rendered_faces_are_the_drawn_faces():
         assert torch.equal(a[0], b[0]) and a[1] == b[1] and torch.equal(a[2], b[2])
     with pytest.raises(IndexError):
         rendered[5]
+    again = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48, render=True)
+    assert again.images is rendered.images  # drawn once per process, not once per dataset object
+    other = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48, render=True, split="val")
+    assert not torch.equal(other.images, rendered.images)
 
 
 def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
