@@ -731,11 +731,11 @@ class PretrainView(_Seeded):
     """(origin, view1, view2, sigma): the FFL origin and the two GFL views of the paper, all uint8.
 
     The Gaussian blur of each view is drawn here (sigma) but applied per batch in pretrain_batch.
-    augment="device": the loader only decodes and resizes, -> (origin, source, crop): the image resized to a
-    view_size square and crop = (H, W, crop_scale) of the original; pretrain_batch then draws and makes both
-    views for the whole batch on the training device (view_params, render_views). The crops' distribution is the
-    same; a small crop of an image larger than the view comes out softer, as it is enlarged from the resized image
-    (RAF-DB's aligned faces, 100 px, and the synthetic ones, 112 px, are smaller than a 224-px view).
+    augment="device": the loader only decodes and resizes, -> (origin, source, crop): the image as a square of
+    its own longer side, at most view_size (RAF-DB's aligned faces stay 100 px, a 600-px AffectNet crop becomes
+    224), and crop = (H, W, crop_scale, view_size); pretrain_batch then draws and makes both views for the whole
+    batch on the training device (view_params, render_views). The crops' distribution is the same; a small crop of
+    an image larger than the view comes out softer, as it is enlarged from the image resized to the view.
     """
 
     def __init__(self, base, view_size=224, origin_size=112, seed=0, crop_scale=0.08, augment="loader"):
@@ -758,8 +758,10 @@ class PretrainView(_Seeded):
     def transform(self, img, label, landmarks):
         origin = F.resize(img, [self.origin_size] * 2, antialias=True)  # FFL input: resize only, no augmentation
         if self.augment == "device":
-            crop = torch.tensor([img.shape[1], img.shape[2], self.crop_scale])
-            return origin, F.resize(img, [self.view_size] * 2, antialias=True), crop
+            H, W = img.shape[1:]
+            side = min(self.view_size, max(H, W))
+            source = img if H == W == side else F.resize(img, [side, side], antialias=True)
+            return origin, source, torch.tensor([H, W, self.crop_scale, self.view_size])
         view1, view2 = self.view(img), self.view(img)
         sigma = torch.empty(2).uniform_(0.1, 2.0) * self.view_size / 224  # paper's range at 224, scaled with the view
         return origin, view1, view2, sigma
@@ -791,8 +793,14 @@ class ProbeView(_Seeded):
 
 
 def collate(items):
-    """Drop the items that came back None (unreadable images): -> (batch or None, number dropped)."""
+    """Drop the items that came back None (unreadable images): -> (batch or None, number dropped).
+
+    PretrainView(augment="device") items whose sources differ in size are brought to the largest one's side.
+    """
     good = [item for item in items if item is not None]
+    if good and len(good[0]) == 3 and torch.is_tensor(good[0][1]) and good[0][1].dim() == 3:
+        side = max(item[1].shape[-1] for item in good)
+        good = [(o, s if s.shape[-1] == side else F.resize(s, [side, side], antialias=True), c) for o, s, c in good]
     return (default_collate(good) if good else None), len(items) - len(good)
 
 
@@ -812,21 +820,33 @@ def normalize(x):
     return torch.addcmul(shift, x.float(), scale)
 
 
+def blur_kernels(sigma, size):
+    """The Gaussian kernels of torchvision's gaussian_blur for images of side `size`, one per sigma (B,) -> (B, k):
+    kernel size 23 at 224 px, scaled with the size and kept odd."""
+    k = round(23 * size / 224) // 2 * 2 + 1
+    t = torch.linspace(-(k // 2), k // 2, k, device=sigma.device, dtype=sigma.dtype)
+    kernel = torch.exp(-0.5 * (t / sigma.view(-1, 1)) ** 2)
+    return kernel / kernel.sum(1, keepdim=True)
+
+
 def gaussian_blur(x, sigma):
     """Blur each image of x (float [B, C, H, W]) with its own sigma (sigma: [B]), as torchvision's gaussian_blur.
 
-    Kernel size 23 at 224 px, scaled with H and kept odd; reflect padding; separable, so two 1-D passes of a
-    grouped convolution with one kernel per (image, channel).
+    Reflect padding; separable, so two 1-D passes of a grouped convolution with one kernel per (image, channel).
     """
     B, C, H, W = x.shape
-    k = round(23 * H / 224) // 2 * 2 + 1
-    t = torch.linspace(-(k // 2), k // 2, k, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t / sigma.to(x.dtype).view(B, 1)) ** 2)
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # [B*C, k]
+    kernel = blur_kernels(sigma.to(x.dtype), H).repeat_interleave(C, 0)  # [B*C, k]
+    k = kernel.shape[1]
     y = Fn.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")
     y = Fn.conv2d(y, kernel.view(B * C, 1, 1, k), groups=B * C)  # along W
     y = Fn.conv2d(y, kernel.view(B * C, 1, k, 1), groups=B * C)  # along H
     return y.view(B, C, H, W)
+
+
+def blur_views(views, sigma):
+    """gaussian_blur 4 images at a time: on a CPU their float copies then stay in cache, which halves the time; a
+    GPU hardly notices the loop."""
+    return torch.cat([gaussian_blur(v, s) for v, s in zip(views.split(4), sigma.split(4))])
 
 
 def crop_boxes(sizes, scale, ratio=(3 / 4, 4 / 3), attempts=10):
@@ -864,26 +884,35 @@ def _blend(x, y, f):
     return (f * x + (1 - f) * y).clamp_(0, 1)
 
 
+def adjust_brightness(x, f):
+    """torchvision's adjust_brightness per image: a blend with black, f·x clamped."""
+    return (x * f.view(-1, 1, 1, 1).to(x.dtype)).clamp_(0, 1)
+
+
+def adjust_contrast(x, f, rois=None):
+    """torchvision's adjust_contrast per image: a blend with the mean of the image's gray level. rois (B,5): take
+    that mean over each image's box instead (roi_align's average of about one sample per pixel of the box), for
+    colour applied to a whole image before its crop is cut (render_views)."""
+    g = _gray(x)
+    mean = g.mean((1, 2, 3), keepdim=True) if rois is None else torchvision.ops.roi_align(g, rois, 1, aligned=True)
+    return _blend(x, mean, f)
+
+
 def adjust_hue(x, f):
     """Rotate each image's hue by f (B,) turns through HSV, as torchvision's adjust_hue: (B,3,H,W) in [0, 1]."""
     r, g, b = x.unbind(1)
-    v, low = x.max(1).values, x.min(1).values
-    chroma = v - low
-    s = chroma / torch.where(v == 0, 1, v)
+    v, chroma = x.amax(1), x.amax(1) - x.amin(1)  # HSV's value, and value × saturation
     c = torch.where(chroma == 0, 1, chroma)
-    rc, gc, bc = (v - r) / c, (v - g) / c, (v - b) / c
-    h = torch.where(v == r, bc - gc, torch.where(v == g, 2 + rc - bc, 4 + gc - rc))
-    h = (h / 6 + 1 + f.view(-1, 1, 1).to(x.dtype)) % 1 * 6  # (B,H,W), rotated, in [0, 6)
-    # back to RGB, channel by channel: c = v − v·s·clamp(min(k, 4 − k), 0, 1), k = (n + h) mod 6, n = 5, 3, 1 for
-    # R, G, B: the closed form of HSV's six-sector table, without building the table (1.6x on a CPU)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h[:, None]) % 6
-    return v[:, None] - (v * s)[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
+    # hue in sixths of a turn: (g − b)/c where red is the largest, 2 + (b − r)/c for green, 4 + (r − g)/c for blue
+    h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * c, r - g + 4 * c)).div_(c)
+    h = h.div_(6).add_(f.view(-1, 1, 1).to(x.dtype) + 1).remainder_(1).mul_(6)  # (B,H,W), rotated, in [0, 6)
+    # back to RGB, channel by channel: c = v − chroma·clamp(min(k, 4 − k), 0, 1), k = (n + h) mod 6, n = 5, 3, 1
+    # for R, G, B: the closed form of HSV's six-sector table, without building the table
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h[:, None]).remainder_(6)
+    return v[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
-COLOUR_OPS = (lambda x, f: _blend(x, torch.zeros_like(x), f),  # brightness
-              lambda x, f: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), f),  # contrast
-              lambda x, f: _blend(x, _gray(x), f),  # saturation
-              adjust_hue)
+COLOUR_OPS = (adjust_brightness, adjust_contrast, lambda x, f: _blend(x, _gray(x), f), adjust_hue)  # + saturation
 
 
 def view_params(sizes, crop_scale):
@@ -900,50 +929,86 @@ def view_params(sizes, crop_scale):
                 gray=torch.rand(B, device=dev) < 0.2)
 
 
-def colour(x, jitter, factors, order, gray):
-    """Colour jitter (each image its own factors and order) then grayscale, on float (B,3,H,W) in [0, 1]."""
+def colour(x, jitter, factors, order, gray, rois=None):
+    """Colour jitter (each image its own factors and order) then grayscale, on float (B,3,H,W) in [0, 1].
+
+    rois (B,5): x holds whole images whose boxes are cut afterwards; contrast then blends with each box's mean.
+    """
     x = x.clone()
     for k in range(4):  # the k-th adjustment of each jittered image
         for op in range(4):
             idx = (jitter & (order[:, k] == op)).nonzero().squeeze(1)
             if len(idx):
-                x[idx] = COLOUR_OPS[op](x[idx], factors[idx, op])
+                args = (x[idx], factors[idx, op])
+                if op == 1 and rois is not None:  # contrast on the crop's mean: the boxes of these images, renumbered
+                    args += (torch.cat([torch.arange(len(idx), device=x.device)[:, None].to(rois.dtype), rois[idx, 1:]], 1),)
+                x[idx] = COLOUR_OPS[op](*args)
     return torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
 
 
-def render_views(source, sizes, p, view_size):
-    """Apply view_params p to a uint8 batch on the training device -> float views (B,3,V,V) in [0, 1].
+def enlarge_matrices(start, length, S, V, kernel=None):
+    """(B, V, S) matrices that enlarge a crop [start, start + length) (B,) of an S-pixel axis to V pixels: row j
+    holds the bilinear weights of roi_align's sample point for output pixel j (aligned=True, one sample per output
+    pixel, as roi_align takes when it enlarges). kernel (B, k): then blur along that axis with it, reflect border,
+    as gaussian_blur, by blurring each column."""
+    B, dev = start.shape[0], start.device
+    y = (start.view(B, 1) - 0.5 + (torch.arange(V, device=dev) + 0.5) * length.view(B, 1) / V).clamp(0, S - 1)
+    low = y.floor()
+    w = (y - low).unsqueeze(2)
+    m = torch.zeros(B, V, S, device=dev).scatter_add_(2, low.long().unsqueeze(2), 1 - w)
+    m.scatter_add_(2, (low + 1).clamp(max=S - 1).long().unsqueeze(2), w)
+    if kernel is None:
+        return m
+    k = kernel.shape[1]
+    cols = Fn.pad(m.transpose(1, 2).reshape(1, B * S, V), [k // 2] * 2, mode="reflect")
+    cols = Fn.conv1d(cols, kernel.repeat_interleave(S, 0).view(B * S, 1, k), groups=B * S)
+    return cols.view(B, S, V).transpose(1, 2)
+
+
+def render_views(source, sizes, p, view_size, sigma=None, normalise=False):
+    """Apply view_params p to a uint8 batch on the training device -> float views (B,3,V,V) in [0, 1], blurred
+    with sigma (B,) if given, normalised as `normalize` if normalise.
 
     source (B,3,S,S): each image resized to a square in the loader; sizes (B,2): its original (H, W), in whose
-    pixels the boxes were drawn. The crop is resampled with roi_align (bilinear, averaging several samples per
-    output pixel when it shrinks). Colour acts on each pixel alone (contrast on the image mean), so doing it
-    after the resize, as here, gives the view that PretrainView.view gives.
+    pixels the boxes were drawn. Colour acts on each pixel alone (contrast on the crop's mean), so it gives the
+    same view before or after the resize; as PretrainView.view, it runs at the smaller of the two:
+    - S < V (every crop is enlarged): colour on the S² source pixels, then crop, resize, flip and blur, all linear
+      and separable, as one (V×S) matrix per image and axis: view = M_rows · image · M_columnsᵀ (enlarge_matrices).
+      The matrices' rows sum to one, so the normalisation, an affine map per channel, is done before them too.
+    - S ≥ V: crop and resize with roi_align (averaging several samples per output pixel when it shrinks), then
+      colour, flip and blur on the V² pixels of the view.
     """
     B, _, S, _ = source.shape
+    V, flip = view_size, p["flip"].view(-1, 1, 1, 1)
     box = p["box"].float() / sizes.repeat(1, 2).float() * S  # (B,4) top, left, h, w in source pixels
     rois = torch.stack([torch.arange(B, device=source.device, dtype=torch.float32), box[:, 1], box[:, 0],
                         box[:, 1] + box[:, 3], box[:, 0] + box[:, 2]], 1)  # (B,5): index, x1, y1, x2, y2
-    x = torchvision.ops.roi_align(source.float() / 255, rois, view_size, aligned=True)  # (B,3,V,V)
-    x = torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
-    return colour(x, p["jitter"], p["factors"], p["order"], p["gray"])
+    x, jitter = source.float() / 255, (p["jitter"], p["factors"], p["order"], p["gray"])
+    if S < V:
+        kernel = None if sigma is None else blur_kernels(sigma.float(), V)
+        rows = enlarge_matrices(box[:, 0], box[:, 2], S, V, kernel)
+        columns = enlarge_matrices(box[:, 1], box[:, 3], S, V, kernel)
+        columns = torch.where(flip[..., 0], columns.flip(1), columns)  # the flip reverses the output columns
+        x = colour(x, *jitter, rois=rois)
+        x = normalize(x * 255) if normalise else x  # normalize takes uint8 values
+        return rows.unsqueeze(1) @ x @ columns.unsqueeze(1).transpose(2, 3)
+    x = colour(torchvision.ops.roi_align(x, rois, V, aligned=True), *jitter)
+    x = torch.where(flip, x.flip(-1), x)
+    x = normalize(x * 255) if normalise else x
+    return x if sigma is None else blur_views(x, sigma)
 
 
 def pretrain_batch(batch, device):
     """Collated PretrainView items -> (origin, view1, view2), float32, normalised, views blurred, on device."""
     if len(batch) == 3:  # PretrainView(augment="device"): both views drawn and made here, for the whole batch
         origin, source, crop = (t.to(device, non_blocking=True) for t in batch)
-        sizes = crop[:, :2].long()
-        view1, view2 = (render_views(source, sizes, view_params(sizes, crop[0, 2].item()), source.shape[-1]) * 255
-                        for _ in range(2))  # float in [0, 255], what normalize expects of uint8
-        sigma = torch.empty(len(source), 2, device=source.device).uniform_(0.1, 2.0) * source.shape[-1] / 224
-    else:
-        origin, view1, view2, sigma = (t.to(device, non_blocking=True) for t in batch)
-
-    def finish(views, sigma):
-        # blur always (p = 1, as the reference's BYOL views). 4 images at a time: on a CPU their float copies
-        # then stay in cache, which halves the time; a GPU hardly notices the loop.
-        return torch.cat([gaussian_blur(normalize(v), s) for v, s in zip(views.split(4), sigma.split(4))])
-    return normalize(origin), finish(view1, sigma[:, 0]), finish(view2, sigma[:, 1])
+        sizes, scale, size = crop[:, :2].long(), crop[0, 2].item(), int(crop[0, 3].item())
+        sigma = torch.empty(len(source), 2, device=source.device).uniform_(0.1, 2.0) * size / 224
+        view1, view2 = (render_views(source, sizes, view_params(sizes, scale), size, sigma[:, i], normalise=True)
+                        for i in range(2))
+        return normalize(origin), view1, view2
+    origin, view1, view2, sigma = (t.to(device, non_blocking=True) for t in batch)
+    return normalize(origin), blur_views(normalize(view1), sigma[:, 0]), blur_views(normalize(view2), sigma[:, 1])
 
 
 def probe_batch(batch, device):

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torchvision
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
 from PIL import Image
@@ -546,13 +547,84 @@ def test_render_views_crops_flips_and_colours_as_told():
     torch.testing.assert_close(data.render_views(source, sizes, p, 32)[0], x[0] * 0.5, atol=1e-6, rtol=0)
 
 
-def test_views_augmented_on_the_device_look_like_the_loaders():
+def test_colour_before_the_crop_takes_contrast_from_the_crop():
+    """A source smaller than the view is coloured before its crop is cut (fewer pixels); contrast must then blend
+    with the crop's mean, not the whole image's. Left half black, right half white, crop the right half, contrast
+    0.5: cut first, the crop is white and stays white; the whole image's mean (0.5) would give 0.75. (The crop keeps
+    two columns from the edge: roi_align's bilinear samples at a crop's border reach half a pixel beyond it.)"""
+    source = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    source[..., 8:] = 255
+    p = dict(box=torch.tensor([[0, 10, 16, 6]]), flip=torch.tensor([False]), jitter=torch.tensor([True]),
+             factors=torch.tensor([[1.0, 0.5, 1.0, 0.0]]), order=torch.tensor([[1, 0, 2, 3]]), gray=torch.tensor([False]))
+    sizes = torch.tensor([[16, 16]])
+    first, after = data.render_views(source, sizes, p, 32), data.render_views(source, sizes, p, 6)  # 16 < 32: first
+    torch.testing.assert_close(first, torch.ones_like(first), atol=1e-4, rtol=0)  # white's luma is 0.9999
+    torch.testing.assert_close(after, torch.ones_like(after), atol=1e-4, rtol=0)
+
+
+def test_colour_before_or_after_the_crop_gives_the_same_views():
+    """render_views colours a source smaller than the view before its crop is enlarged, else after: on the same
+    faces and draws the two orders agree to within what the resampling changes (mean |difference| < 0.01)."""
+    base = data.get_dataset("synthetic", split="train", synthetic_count=16, render=True)
+    faces = torch.stack([base[i][0] for i in range(16)])  # 112 px
+    sizes = torch.tensor([[112, 112]] * 16)
+    torch.manual_seed(0)
+    p = data.view_params(sizes, 0.08)
+    first = data.render_views(faces, sizes, p, 224)
+    after = data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, p, 224)
+    plain = dict(p, jitter=torch.zeros(16, dtype=torch.bool), gray=torch.zeros(16, dtype=torch.bool))
+    resampling = (data.render_views(faces, sizes, plain, 224)
+                  - data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, plain, 224)).abs().mean()
+    assert (first - after).abs().mean() < min(0.01, 2 * resampling)
+
+
+def test_enlarging_views_as_matrices_is_roi_align_flip_and_blur():
+    """A source smaller than the view: render_views makes crop, resize, flip and blur as two matrix products. They
+    must equal roi_align's bilinear enlargement, the flip and gaussian_blur done one after the other."""
+    torch.manual_seed(0)
+    B, S, V = 6, 20, 48
+    source = torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8)
+    sizes = torch.tensor([[40, 30]] * B)  # boxes drawn in the original's pixels, the source is its 20-px square
+    p = data.view_params(sizes, 0.08)
+    p.update(jitter=torch.zeros(B, dtype=torch.bool), gray=torch.zeros(B, dtype=torch.bool),
+             flip=torch.tensor([False, True] * 3))
+    sigma = torch.linspace(0.1, 2.0, B)
+    box = p["box"].float() / torch.tensor([40, 30, 40, 30]) * S
+    rois = torch.cat([torch.arange(B).float()[:, None], box[:, [1, 0]], box[:, [1, 0]] + box[:, [3, 2]]], 1)
+    expected = torchvision.ops.roi_align(source.float() / 255, rois, V, aligned=True)
+    expected = data.gaussian_blur(torch.where(p["flip"].view(-1, 1, 1, 1), expected.flip(-1), expected), sigma)
+    torch.testing.assert_close(data.render_views(source, sizes, p, V, sigma), expected, atol=1e-5, rtol=0)
+    unblurred = data.render_views(source, sizes, p, V)
+    assert not torch.allclose(unblurred, expected, atol=1e-3)  # the blur is there, and sigma=None leaves it out
+    torch.testing.assert_close(data.gaussian_blur(unblurred, sigma), expected, atol=1e-5, rtol=0)
+    normalised = data.render_views(source, sizes, p, V, sigma, normalise=True)  # done on the source's pixels
+    torch.testing.assert_close(normalised, data.normalize(expected * 255), atol=1e-4, rtol=0)
+
+
+def test_device_views_send_images_at_their_own_size_up_to_the_view(tmp_path):
+    """augment="device": a loader item is the image as a square of its longer side capped at the view, and a batch
+    of mixed sides is brought to the largest; its views come out at the view size."""
+    for name, size in (("a.png", (60, 40)), ("b.png", (300, 280))):
+        Image.new("RGB", size, (120, 60, 30)).save(tmp_path / name)
+    base = data.get_dataset("images", tmp_path)
+    view = data.PretrainView(base, view_size=128, origin_size=32, augment="device")
+    items = sorted((view[i] for i in range(2)), key=lambda item: item[2][0].item())
+    assert [tuple(item[1].shape) for item in items] == [(3, 60, 60), (3, 128, 128)]
+    assert items[0][2].tolist() == [40, 60, 0.07999999821186066, 128]
+    batch, dropped = data.collate(items)
+    assert dropped == 0 and batch[1].shape == (2, 3, 128, 128)
+    origin, v1, v2_ = data.pretrain_batch(batch, "cpu")
+    assert origin.shape == (2, 3, 32, 32) and v1.shape == v2_.shape == (2, 3, 128, 128)
+
+
+@pytest.mark.parametrize("view_size", [48, 160])  # smaller than the 112-px faces, and larger (colour first)
+def test_views_augmented_on_the_device_look_like_the_loaders(view_size):
     """PretrainView(augment="device") + pretrain_batch against the per-image views on the same faces: same shapes,
     and the views' pixel statistics (mean and spread per channel, over many draws) agree."""
     base = data.get_dataset("synthetic", split="train", synthetic_count=32, render=True)
     stats = {}
     for augment in ("loader", "device"):
-        views = data.PretrainView(base, view_size=48, origin_size=112, augment=augment)
+        views = data.PretrainView(base, view_size=view_size, origin_size=112, augment=augment)
         torch.manual_seed(0)
         out = []
         for epoch in range(4):
@@ -560,7 +632,7 @@ def test_views_augmented_on_the_device_look_like_the_loaders():
             batch, _ = data.collate([views[i] for i in range(len(views))])
             out.append(data.pretrain_batch(batch, "cpu"))
         origin, v1, v2_ = (torch.cat(t) for t in zip(*out))
-        assert origin.shape == (128, 3, 112, 112) and v1.shape == v2_.shape == (128, 3, 48, 48)
+        assert origin.shape == (128, 3, 112, 112) and v1.shape == v2_.shape == (128, 3, view_size, view_size)
         v = torch.cat([v1, v2_])
         stats[augment] = (origin, v.mean((0, 2, 3)), v.std((0, 2, 3)), v.mean((1, 2, 3)).std())
     torch.testing.assert_close(stats["device"][0], stats["loader"][0])  # the origin is not augmented
