@@ -795,10 +795,12 @@ class ProbeView(_Seeded):
 def collate(items):
     """Drop the items that came back None (unreadable images): -> (batch or None, number dropped).
 
-    PretrainView(augment="device") items whose sources differ in size are brought to the largest one's side.
+    PretrainView(augment="device") items, (origin, source, crop (4,)), whose sources differ in size are brought to
+    the largest one's side (so one large image in a batch of small ones sends the batch down the view-size path).
     """
     good = [item for item in items if item is not None]
-    if good and len(good[0]) == 3 and torch.is_tensor(good[0][1]) and good[0][1].dim() == 3:
+    if good and len(good[0]) == 3 and torch.is_tensor(good[0][1]) and torch.is_tensor(good[0][2]) \
+            and good[0][1].dim() == 3 and good[0][2].shape == (4,):
         side = max(item[1].shape[-1] for item in good)
         good = [(o, s if s.shape[-1] == side else F.resize(s, [side, side], antialias=True), c) for o, s, c in good]
     return (default_collate(good) if good else None), len(items) - len(good)
@@ -901,12 +903,13 @@ def adjust_contrast(x, f, rois=None):
 def adjust_hue(x, f):
     """Rotate each image's hue by f (B,) turns through HSV, as torchvision's adjust_hue: (B,3,H,W) in [0, 1]."""
     r, g, b = x.unbind(1)
-    v, chroma = x.amax(1), x.amax(1) - x.amin(1)  # HSV's value, and value × saturation
-    c = torch.where(chroma == 0, 1, chroma)
+    v = x.amax(1)  # HSV's value
+    chroma = v - x.amin(1)  # value × saturation
+    c = torch.where(chroma == 0, 1, chroma)  # the divisor (a gray pixel has no hue)
     # hue in sixths of a turn: (g − b)/c where red is the largest, 2 + (b − r)/c for green, 4 + (r − g)/c for blue
     h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * c, r - g + 4 * c)).div_(c)
     h = h.div_(6).add_(f.view(-1, 1, 1).to(x.dtype) + 1).remainder_(1).mul_(6)  # (B,H,W), rotated, in [0, 6)
-    # back to RGB, channel by channel: c = v − chroma·clamp(min(k, 4 − k), 0, 1), k = (n + h) mod 6, n = 5, 3, 1
+    # back to RGB, channel by channel: v − chroma·clamp(min(k, 4 − k), 0, 1), k = (n + h) mod 6, n = 5, 3, 1
     # for R, G, B: the closed form of HSV's six-sector table, without building the table
     k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h[:, None]).remainder_(6)
     return v[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
@@ -938,31 +941,34 @@ def colour(x, jitter, factors, order, gray, rois=None):
     for k in range(4):  # the k-th adjustment of each jittered image
         for op in range(4):
             idx = (jitter & (order[:, k] == op)).nonzero().squeeze(1)
-            if len(idx):
-                args = (x[idx], factors[idx, op])
-                if op == 1 and rois is not None:  # contrast on the crop's mean: the boxes of these images, renumbered
-                    args += (torch.cat([torch.arange(len(idx), device=x.device)[:, None].to(rois.dtype), rois[idx, 1:]], 1),)
-                x[idx] = COLOUR_OPS[op](*args)
+            if len(idx) and op == 1 and rois is not None:  # contrast on the mean of each image's crop
+                boxes = rois[idx].clone()
+                boxes[:, 0] = torch.arange(len(idx), device=x.device)  # roi_align's image index, within x[idx]
+                x[idx] = adjust_contrast(x[idx], factors[idx, op], boxes)
+            elif len(idx):
+                x[idx] = COLOUR_OPS[op](x[idx], factors[idx, op])
     return torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
 
 
 def enlarge_matrices(start, length, S, V, kernel=None):
-    """(B, V, S) matrices that enlarge a crop [start, start + length) (B,) of an S-pixel axis to V pixels: row j
-    holds the bilinear weights of roi_align's sample point for output pixel j (aligned=True, one sample per output
-    pixel, as roi_align takes when it enlarges). kernel (B, k): then blur along that axis with it, reflect border,
-    as gaussian_blur, by blurring each column."""
+    """(B, V, S) matrices that enlarge a crop [start, start + length) (B,) of an S-pixel axis to V pixels, as
+    torchvision's resized_crop does: output pixel j samples the crop at start − 0.5 + (j + 0.5)·length/V (pixel
+    centres at integers), held between the crop's first and last pixel centres, with bilinear weights in row j.
+    kernel (B, k): then blur along that axis too, as gaussian_blur (reflect border); since the view is
+    M · image, blurring the view's rows is blurring M's columns, each a signal of length V."""
     B, dev = start.shape[0], start.device
-    y = (start.view(B, 1) - 0.5 + (torch.arange(V, device=dev) + 0.5) * length.view(B, 1) / V).clamp(0, S - 1)
+    start, last = start.view(B, 1), torch.maximum(start, start + length - 1).view(B, 1)  # first, last pixel centre
+    y = (start - 0.5 + (torch.arange(V, device=dev) + 0.5) * length.view(B, 1) / V).clamp(start, last)  # (B, V)
     low = y.floor()
-    w = (y - low).unsqueeze(2)
+    w = (y - low).unsqueeze(2)  # the weight of the pixel after `low`
     m = torch.zeros(B, V, S, device=dev).scatter_add_(2, low.long().unsqueeze(2), 1 - w)
     m.scatter_add_(2, (low + 1).clamp(max=S - 1).long().unsqueeze(2), w)
     if kernel is None:
         return m
     k = kernel.shape[1]
-    cols = Fn.pad(m.transpose(1, 2).reshape(1, B * S, V), [k // 2] * 2, mode="reflect")
-    cols = Fn.conv1d(cols, kernel.repeat_interleave(S, 0).view(B * S, 1, k), groups=B * S)
-    return cols.view(B, S, V).transpose(1, 2)
+    columns = Fn.pad(m.transpose(1, 2).reshape(1, B * S, V), [k // 2] * 2, mode="reflect")  # B·S signals
+    columns = Fn.conv1d(columns, kernel.repeat_interleave(S, 0).view(B * S, 1, k), groups=B * S)
+    return columns.view(B, S, V).transpose(1, 2)
 
 
 def render_views(source, sizes, p, view_size, sigma=None, normalise=False):
@@ -983,16 +989,16 @@ def render_views(source, sizes, p, view_size, sigma=None, normalise=False):
     box = p["box"].float() / sizes.repeat(1, 2).float() * S  # (B,4) top, left, h, w in source pixels
     rois = torch.stack([torch.arange(B, device=source.device, dtype=torch.float32), box[:, 1], box[:, 0],
                         box[:, 1] + box[:, 3], box[:, 0] + box[:, 2]], 1)  # (B,5): index, x1, y1, x2, y2
-    x, jitter = source.float() / 255, (p["jitter"], p["factors"], p["order"], p["gray"])
+    x, colour_args = source.float() / 255, (p["jitter"], p["factors"], p["order"], p["gray"])
     if S < V:
         kernel = None if sigma is None else blur_kernels(sigma.float(), V)
         rows = enlarge_matrices(box[:, 0], box[:, 2], S, V, kernel)
         columns = enlarge_matrices(box[:, 1], box[:, 3], S, V, kernel)
         columns = torch.where(flip[..., 0], columns.flip(1), columns)  # the flip reverses the output columns
-        x = colour(x, *jitter, rois=rois)
-        x = normalize(x * 255) if normalise else x  # normalize takes uint8 values
+        x = colour(x, *colour_args, rois=rois)
+        x = normalize(x * 255) if normalise else x  # before the matrices: their rows sum to one (uint8 scale in)
         return rows.unsqueeze(1) @ x @ columns.unsqueeze(1).transpose(2, 3)
-    x = colour(torchvision.ops.roi_align(x, rois, V, aligned=True), *jitter)
+    x = colour(torchvision.ops.roi_align(x, rois, V, aligned=True), *colour_args)
     x = torch.where(flip, x.flip(-1), x)
     x = normalize(x * 255) if normalise else x
     return x if sigma is None else blur_views(x, sigma)
@@ -1001,8 +1007,9 @@ def render_views(source, sizes, p, view_size, sigma=None, normalise=False):
 def pretrain_batch(batch, device):
     """Collated PretrainView items -> (origin, view1, view2), float32, normalised, views blurred, on device."""
     if len(batch) == 3:  # PretrainView(augment="device"): both views drawn and made here, for the whole batch
+        scale, size = batch[2][0, 2].item(), int(batch[2][0, 3].item())  # read on the host: no device sync
         origin, source, crop = (t.to(device, non_blocking=True) for t in batch)
-        sizes, scale, size = crop[:, :2].long(), crop[0, 2].item(), int(crop[0, 3].item())
+        sizes = crop[:, :2].long()
         sigma = torch.empty(len(source), 2, device=source.device).uniform_(0.1, 2.0) * size / 224
         view1, view2 = (render_views(source, sizes, view_params(sizes, scale), size, sigma[:, i], normalise=True)
                         for i in range(2))

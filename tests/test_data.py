@@ -578,27 +578,41 @@ def test_colour_before_or_after_the_crop_gives_the_same_views():
     assert (first - after).abs().mean() < min(0.01, 2 * resampling)
 
 
-def test_enlarging_views_as_matrices_is_roi_align_flip_and_blur():
-    """A source smaller than the view: render_views makes crop, resize, flip and blur as two matrix products. They
-    must equal roi_align's bilinear enlargement, the flip and gaussian_blur done one after the other."""
+def torchvision_view(img, box, flip, jitter, factors, order, gray, size, sigma):
+    """One view made per image with torchvision's functional ops, in PretrainView.view's order for a crop smaller
+    than the view: cut the crop, colour it (jitter in the drawn order, then grayscale), enlarge, flip, blur."""
+    top, left, h, w = box.tolist()
+    x = img[:, top:top + h, left:left + w]
+    ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    for op in (order.tolist() if jitter else []):
+        x = ops[op](x, factors[op].item())
+    x = F.rgb_to_grayscale(x, num_output_channels=3) if gray else x
+    x = F.resize(x, [size, size], antialias=True)
+    x = F.horizontal_flip(x) if flip else x
+    k = round(23 * size / 224) // 2 * 2 + 1
+    return F.gaussian_blur(x, [k, k], [sigma.item()] * 2)
+
+
+def test_views_made_as_matrices_equal_torchvisions_ops_with_the_same_draws():
+    """A source smaller than the view: render_views colours it, then makes crop, resize, flip and blur as two
+    matrix products. With the same draws, each view must equal torchvision's functional ops one after the other
+    on that image (crop, colour, resize, flip, blur), crop edges included."""
     torch.manual_seed(0)
-    B, S, V = 6, 20, 48
+    B, S, V = 12, 20, 48
     source = torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8)
-    sizes = torch.tensor([[40, 30]] * B)  # boxes drawn in the original's pixels, the source is its 20-px square
+    sizes = torch.tensor([[S, S]] * B)  # the source at its own size, as the loader sends a small image
     p = data.view_params(sizes, 0.08)
-    p.update(jitter=torch.zeros(B, dtype=torch.bool), gray=torch.zeros(B, dtype=torch.bool),
-             flip=torch.tensor([False, True] * 3))
+    p.update(flip=torch.arange(B) % 2 == 1, jitter=torch.arange(B) % 3 != 0, gray=torch.arange(B) % 4 == 3)
     sigma = torch.linspace(0.1, 2.0, B)
-    box = p["box"].float() / torch.tensor([40, 30, 40, 30]) * S
-    rois = torch.cat([torch.arange(B).float()[:, None], box[:, [1, 0]], box[:, [1, 0]] + box[:, [3, 2]]], 1)
-    expected = torchvision.ops.roi_align(source.float() / 255, rois, V, aligned=True)
-    expected = data.gaussian_blur(torch.where(p["flip"].view(-1, 1, 1, 1), expected.flip(-1), expected), sigma)
-    torch.testing.assert_close(data.render_views(source, sizes, p, V, sigma), expected, atol=1e-5, rtol=0)
+    mine = data.render_views(source, sizes, p, V, sigma)
+    for i in range(B):
+        theirs = torchvision_view(source[i].float() / 255, p["box"][i], p["flip"][i], p["jitter"][i], p["factors"][i],
+                                  p["order"][i], p["gray"][i], V, sigma[i])
+        torch.testing.assert_close(mine[i], theirs, atol=1e-4, rtol=0)
+    normalised = data.render_views(source, sizes, p, V, sigma, normalise=True)  # normalised on the source's pixels
+    torch.testing.assert_close(normalised, data.normalize(mine * 255), atol=1e-4, rtol=0)
     unblurred = data.render_views(source, sizes, p, V)
-    assert not torch.allclose(unblurred, expected, atol=1e-3)  # the blur is there, and sigma=None leaves it out
-    torch.testing.assert_close(data.gaussian_blur(unblurred, sigma), expected, atol=1e-5, rtol=0)
-    normalised = data.render_views(source, sizes, p, V, sigma, normalise=True)  # done on the source's pixels
-    torch.testing.assert_close(normalised, data.normalize(expected * 255), atol=1e-4, rtol=0)
+    torch.testing.assert_close(data.gaussian_blur(unblurred, sigma), mine, atol=1e-5, rtol=0)
 
 
 def test_device_views_send_images_at_their_own_size_up_to_the_view(tmp_path):
@@ -610,7 +624,7 @@ def test_device_views_send_images_at_their_own_size_up_to_the_view(tmp_path):
     view = data.PretrainView(base, view_size=128, origin_size=32, augment="device")
     items = sorted((view[i] for i in range(2)), key=lambda item: item[2][0].item())
     assert [tuple(item[1].shape) for item in items] == [(3, 60, 60), (3, 128, 128)]
-    assert items[0][2].tolist() == [40, 60, 0.07999999821186066, 128]
+    assert items[0][2].tolist() == [40, 60, pytest.approx(0.08), 128]
     batch, dropped = data.collate(items)
     assert dropped == 0 and batch[1].shape == (2, 3, 128, 128)
     origin, v1, v2_ = data.pretrain_batch(batch, "cpu")
