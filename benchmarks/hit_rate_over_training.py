@@ -5,9 +5,12 @@ landmarks inside the 12 visible patches, averaged over the groups) measured ever
     python benchmarks/hit_rate_over_training.py --every 20 --steps 124 \\
         --variant "paper:" --variant "beta0:--beta 0"
 
+    python benchmarks/hit_rate_over_training.py --checkpoints runs/a/last.pt runs/b/last.pt --seeds 0 1
+
 A variant is "name:train.py options". Training is train.py itself, stopped with --stop-after-steps and resumed
 (resume is exact, so the run is the same as an uninterrupted one). The hit rate is read on 500 val faces, never
-on test. Besides the hit rate the table gives the grouping loss (l_g, not squared) of the channel-grouping
+on test. --checkpoints scores finished train.py runs instead, each on the 1,000 val faces of its --seeds entry,
+beside the same configuration freshly initialised with that seed. Besides the hit rate the table gives the grouping loss (l_g, not squared) of the channel-grouping
 layer on those faces, and how far apart the groups' maps are (mean pairwise cosine similarity of the group
 maps over 128 faces, 1 = all groups alike; a map that is zero everywhere counts as similarity 0).
 """
@@ -67,6 +70,22 @@ def run_variant(name, options, args, faces):
     return rows
 
 
+def score_checkpoints(paths, seeds):
+    """Hit rate of finished runs and of their configurations freshly initialised (same seed), on val faces."""
+    lines = ["| checkpoint | seed | hit rate, trained (%) | untrained (%) | best group (%) | worst group (%) |",
+             "|---|---|---|---|---|---|"]
+    for path, seed in zip(paths, seeds):
+        model, cfg = evaluate.load_model(path)
+        faces = data.get_dataset("synthetic", split="val", seed=seed, render=True)
+        trained = evaluate.landmark_hit_rate(model, faces, torch.device("cpu"))
+        torch.manual_seed(seed)
+        untrained = evaluate.landmark_hit_rate(SimFLE(cfg), faces, torch.device("cpu"))
+        lines.append(f"| {path} | {seed} | {100 * trained['semantic']:.1f} | {100 * untrained['semantic']:.1f} | "
+                     f"{100 * trained['best_group']:.1f} | {100 * min(trained['per_group']):.1f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", action="append", default=[], help='"name:train.py options"')
@@ -75,7 +94,18 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs/hit-rate")
     p.add_argument("--out", default="benchmarks/results/hit_rate_over_training.md")
+    p.add_argument("--checkpoints", nargs="+", default=None, help="score these train.py runs instead")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="with --checkpoints: each run's seed")
     args = p.parse_args()
+    if args.checkpoints:
+        seeds = args.seeds or [args.seed] * len(args.checkpoints)
+        if len(seeds) != len(args.checkpoints):
+            p.error("--seeds needs one seed per checkpoint")
+        lines = score_checkpoints(args.checkpoints, seeds)
+        with open(args.out, "w") as f:
+            f.write(f"`python benchmarks/hit_rate_over_training.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n"
+                    + "\n".join(lines) + "\n")
+        return
     faces = data.get_dataset("synthetic", split="val", seed=args.seed, synthetic_count=500, render=True)
     lines = [f"`python benchmarks/hit_rate_over_training.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`", "",
              "| variant | step | hit rate, mean over groups (%) | best group (%) | worst group (%) | l_g | "

@@ -544,8 +544,8 @@ Sixty steps are a glimpse, not a result. The channels have begun to split into b
 differently (S is no longer all ones) and the group maps now differ, but nothing yet ties a group to a
 landmark, and the landmark hit rate has hardly moved. Over the quick start's longer run it *falls* (from
 46 % towards 33 %): the trained backbone's maps lose their focus on the landmarks, and many groups settle off
-them (the README's *Evidence* section measures why). Fifteen times longer (30 epochs) it climbs back, to 47 %
-on average and 55 % in the best group. The reconstructions are still blurry. The paper trains for 100
+them (the README's *Evidence* section measures why). Fifteen times longer (30 epochs) it climbs back, to
+the untrained level on average (45 %, three seeds) and 54 % in the best group. The reconstructions are still blurry. The paper trains for 100
 epochs; `python train.py` runs the `tiny` preset for 2 epochs on 4000 synthetic faces (the README gives its
 time and numbers, and `benchmarks/README.md` follows the hit rate over both runs).
 """)
