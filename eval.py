@@ -11,6 +11,7 @@ landmarks (linear regression from the frozen last feature map to landmark coordi
 FaceMAE also the landmark hit rate of its semantic masking, trained and at initialisation).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -439,6 +440,14 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
             "per_group": per_group, "best_group": max(per_group), "images": len(dataset)}
 
 
+def hit_rate_trained_and_untrained(model, seed, dataset, device, workers=0):
+    """landmark_hit_rate of a trained model, and of its configuration as `train.py --seed seed` initialised it
+    (train.py seeds torch right before it builds the model): -> (trained, untrained), landmark_hit_rate's dicts."""
+    trained = landmark_hit_rate(model, dataset, device, workers=workers)
+    torch.manual_seed(seed)
+    return trained, landmark_hit_rate(SimFLE(model.config), dataset, device, workers=workers)
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -473,13 +482,12 @@ def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, worker
     train_base = data.get_dataset(data_name, root, "train", seed=seed, synthetic_look=look, render=True)
     test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look, render=True)
     trained, cfg, _ = load_trunk(ckpt)
-    random_trunks = []
-    for _ in range(2):  # the same random weights twice: as initialised, and with BatchNorm statistics of the faces
-        torch.manual_seed(seed)
-        random_trunks.append(Backbone(cfg.backbone, cfg.stem))
-    recompute_batchnorm(random_trunks[1], train_base, cfg.view_size, device, workers)
+    torch.manual_seed(seed)
+    random_trunk = Backbone(cfg.backbone, cfg.stem)
+    # the same random weights with BatchNorm statistics of the faces, as a trained trunk has them
+    random_bn = recompute_batchnorm(copy.deepcopy(random_trunk), train_base, cfg.view_size, device, workers)
     results = {}
-    for name, trunk in (("pretrained", trained), ("random", random_trunks[0]), ("random, BN", random_trunks[1])):
+    for name, trunk in (("pretrained", trained), ("random", random_trunk), ("random, BN", random_bn)):
         results[name], _ = linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=epochs,
                                         batch_size=batch_size, features="cached", workers=workers, seed=seed)
     chance = 1 / len(test_base.classes)
@@ -588,9 +596,8 @@ def main(argv=None):
     else:
         report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers, seed=args.seed)
         if state is not None and cfg.use_facemae:  # the masking itself: trained, and the same config untrained
-            report["hit_rate"] = landmark_hit_rate(load_model(args.ckpt, state)[0], test_base, device, workers=args.workers)
-            torch.manual_seed(args.seed)
-            report["hit_rate_untrained"] = landmark_hit_rate(SimFLE(cfg), test_base, device, workers=args.workers)
+            report["hit_rate"], report["hit_rate_untrained"] = hit_rate_trained_and_untrained(
+                load_model(args.ckpt, state)[0], args.seed, test_base, device, args.workers)
     report.update({"checkpoint": args.ckpt, "data": args.data, "classes": classes, "seconds": time.time() - t0})
     print_report(report, classes, f"{args.mode} evaluation of {name} on {args.data}")
     stem = os.path.join(out, f"eval_{args.mode}_{args.data}")

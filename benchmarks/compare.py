@@ -92,13 +92,11 @@ def evaluate_trunk(trunk, cfg, args, seed, device):
 def hit_rates(ckpt_path, args, seed, device):
     """Landmark hit rate of semantic masking on the test faces: the trained model, and the same model at the
     initialisation it started from (train.py seeds torch with --seed right before building it)."""
-    model, cfg = evaluate.load_model(ckpt_path)
+    model, _ = evaluate.load_model(ckpt_path)
     test_base = datasets(args, seed)[1]
     if not test_base.num_landmarks:
         return {}
-    trained = evaluate.landmark_hit_rate(model, test_base, device)
-    torch.manual_seed(seed)
-    untrained = evaluate.landmark_hit_rate(SimFLE(cfg), test_base, device)
+    trained, untrained = evaluate.hit_rate_trained_and_untrained(model, seed, test_base, device)
     return {"hit_rate": trained["semantic"], "hit_rate_untrained": untrained["semantic"],
             "hit_rate_random_masking": trained["random"]}
 

@@ -75,15 +75,26 @@ def score_checkpoints(paths, seeds):
     lines = ["| checkpoint | seed | hit rate, trained (%) | untrained (%) | best group (%) | worst group (%) |",
              "|---|---|---|---|---|---|"]
     for path, seed in zip(paths, seeds):
-        model, cfg = evaluate.load_model(path)
+        model, _ = evaluate.load_model(path)
         faces = data.get_dataset("synthetic", split="val", seed=seed, render=True)
-        trained = evaluate.landmark_hit_rate(model, faces, torch.device("cpu"))
-        torch.manual_seed(seed)
-        untrained = evaluate.landmark_hit_rate(SimFLE(cfg), faces, torch.device("cpu"))
+        trained, untrained = evaluate.hit_rate_trained_and_untrained(model, seed, faces, torch.device("cpu"))
         lines.append(f"| {path} | {seed} | {100 * trained['semantic']:.1f} | {100 * untrained['semantic']:.1f} | "
                      f"{100 * trained['best_group']:.1f} | {100 * min(trained['per_group']):.1f} |")
         print(lines[-1], flush=True)
     return lines
+
+
+def variants_table(args):
+    """Train each --variant, measuring every --every steps: -> the table's lines."""
+    faces = data.get_dataset("synthetic", split="val", seed=args.seed, synthetic_count=500, render=True)
+    lines = ["| variant | step | hit rate, mean over groups (%) | best group (%) | worst group (%) | l_g | "
+             "group-map similarity |", "|---|---|---|---|---|---|---|"]
+    for spec in args.variant or ["paper:"]:
+        name, _, options = spec.partition(":")
+        for r in run_variant(name, options, args, faces):
+            lines.append(f"| {name} `{options}` | {r['step']} | {100 * r['hit_rate']:.1f} | {100 * r['best_group']:.1f} | "
+                         f"{100 * r['worst_group']:.1f} | {r['grouping_loss']:.1f} | {r['group_similarity']:.3f} |")
+    return lines + ["", "random masking: 12/49 = 24.5 % of the landmarks visible, whatever the training."]
 
 
 def main():
@@ -101,21 +112,11 @@ def main():
         seeds = args.seeds or [args.seed] * len(args.checkpoints)
         if len(seeds) != len(args.checkpoints):
             p.error("--seeds needs one seed per checkpoint")
-        lines = score_checkpoints(args.checkpoints, seeds)
-        with open(args.out, "w") as f:
-            f.write(f"`python benchmarks/hit_rate_over_training.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n"
-                    + "\n".join(lines) + "\n")
-        return
-    faces = data.get_dataset("synthetic", split="val", seed=args.seed, synthetic_count=500, render=True)
+        table = score_checkpoints(args.checkpoints, seeds)
+    else:
+        table = variants_table(args)
     lines = [f"`python benchmarks/hit_rate_over_training.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`", "",
-             "| variant | step | hit rate, mean over groups (%) | best group (%) | worst group (%) | l_g | "
-             "group-map similarity |", "|---|---|---|---|---|---|---|"]
-    for spec in args.variant or ["paper:"]:
-        name, _, options = spec.partition(":")
-        for r in run_variant(name, options, args, faces):
-            lines.append(f"| {name} `{options}` | {r['step']} | {100 * r['hit_rate']:.1f} | {100 * r['best_group']:.1f} | "
-                         f"{100 * r['worst_group']:.1f} | {r['grouping_loss']:.1f} | {r['group_similarity']:.3f} |")
-    lines += ["", "random masking: 12/49 = 24.5 % of the landmarks visible, whatever the training."]
+             *table]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -12,6 +12,7 @@ A configuration is "name:options". Finished (name, seed) pairs already in --out 
 interrupted sweep continues where it stopped; --table prints the table of everything in --out.
 """
 import argparse
+import copy
 import json
 import os
 import shlex
@@ -57,11 +58,11 @@ def baselines(seed, device, look="aligned"):
     cfg = train.SimFLEConfig.preset("tiny")
     options = {"look": look}
     torch.manual_seed(seed)
-    rows = {"random trunk, as initialised": probe_val(Backbone(cfg.backbone, cfg.stem), options, cfg.view_size, seed, device)}
-    torch.manual_seed(seed)
+    trunk = Backbone(cfg.backbone, cfg.stem)
     faces = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look, render=True)
-    trunk = evaluate.recompute_batchnorm(Backbone(cfg.backbone, cfg.stem), faces, cfg.view_size, device)
-    rows["random trunk, BatchNorm statistics of the training faces"] = probe_val(trunk, options, cfg.view_size, seed, device)
+    with_bn = evaluate.recompute_batchnorm(copy.deepcopy(trunk), faces, cfg.view_size, device)
+    rows = {"random trunk, as initialised": probe_val(trunk, options, cfg.view_size, seed, device),
+            "random trunk, BatchNorm statistics of the training faces": probe_val(with_bn, options, cfg.view_size, seed, device)}
     for size in (16, 32):
         rows[f"pixels, {size}x{size}"] = probe_val(Pixels(size), options, size, seed, device)
     return rows
