@@ -45,7 +45,7 @@ DATASETS = {
     "synthetic": "procedural faces with 7 expressions and 15 landmarks, generated on the fly (no files)",
     "rafdb": "RAF-DB basic, 7 classes (basic/ layout or train/<1..7>/ re-packaging)",
     "ferplus": "FERPlus, 8 classes, majority vote of fer2013new.csv over fer2013.csv",
-    "fer2013": "FER2013, 7 classes, fer2013.csv",
+    "fer2013": "FER2013, 7 classes, fer2013.csv (train Training, val PublicTest, test PrivateTest)",
     "affectnet7": "AffectNet, 7 classes (no Contempt), 68 landmarks, validation set as test",
     "affectnet8": "AffectNet, 8 classes, 68 landmarks, validation set as test",
     "sfew": "SFEW 2.0, 7 classes, Train/ and Val/",
@@ -58,6 +58,7 @@ FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neut
 FERPLUS_CLASSES = ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
 AFFECTNET_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]  # 0..7
 SFEW_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
+SPLITS_WITH_VAL = ("synthetic", "fer2013")  # the others are distributed with train and test only
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # the 68-point iBUG scheme AffectNet annotates: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
 IBUG68_NAMES = ([f"jaw_{i}" for i in range(17)] + [f"brow_{i}" for i in range(10)] + [f"nose_{i}" for i in range(9)]
@@ -133,6 +134,30 @@ class FaceDataset(Dataset):
             if landmarks is not None:
                 landmarks = landmarks - torch.tensor([x0, y0], dtype=torch.float32)
         return img, self.labels[i], landmarks
+
+
+class LabelledSubset(FaceDataset):
+    """Some items of a labelled FaceDataset, with its classes and landmark scheme (few-label evaluation)."""
+
+    def __init__(self, base, indices):
+        self.base, self.indices = base, list(indices)
+        super().__init__(base.name, base.classes, [], [base.labels[i] for i in self.indices],
+                         landmark_names=base.landmark_names, eye_idx=base.eye_idx)
+
+    def __getitem__(self, i):
+        return self.base[self.indices[i]]
+
+
+def labels_per_class(dataset, per_class, seed=0):
+    """A seeded, class-balanced subset: `per_class` items of each class drawn at random (all of a class that has
+    fewer), the rest unused: -> LabelledSubset in the dataset's order. The same seed gives the same subset."""
+    labels = torch.tensor(dataset.labels)
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for k in range(len(dataset.classes)):
+        members = (labels == k).nonzero().flatten()
+        keep += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
+    return LabelledSubset(dataset, sorted(keep))
 
 
 def _missing(name, root, expected, source):
@@ -255,8 +280,10 @@ def _fer2013(root, split):
         raise _missing("fer2013", root, ["fer2013.csv (columns emotion, pixels, Usage), or fer2013/fer2013.csv"],
                        "Kaggle's 'Challenges in Representation Learning: Facial Expression Recognition Challenge'")
     faces, emotions, usages, _ = _fer_faces(csv_path)
-    # test = PublicTest + PrivateTest, as torchvision.datasets.FER2013 splits the same file
-    keep = [k for k, u in enumerate(usages) if (u == "Training") == (split == "train")]
+    # the challenge's own protocol: train = Training, val = PublicTest (its public leaderboard, for choosing
+    # settings), test = PrivateTest (its final ranking, read once)
+    usage = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}[split]
+    keep = [k for k, u in enumerate(usages) if u == usage]
     return FaceDataset("fer2013", FER2013_CLASSES, torch.stack([faces[k] for k in keep]) if keep else [],
                        [emotions[k] for k in keep]), csv_path
 
@@ -351,9 +378,9 @@ def get_dataset(name, root=None, split="train", *, seed=0, synthetic_size=112, s
                 synthetic_look="aligned", render=False):
     """The named dataset's split as a FaceDataset; root defaults to data/<name>.
 
-    split "test" is: RAF-DB's test list, FERPlus's PublicTest rows, FER2013's PublicTest + PrivateTest rows,
-    AffectNet's validation list, SFEW's Val/, a folder's test/ (or val/), a fresh synthetic stream. Split "val"
-    exists for the synthetic faces only (a third stream, for choosing settings without reading test).
+    split "test" is: RAF-DB's test list, FERPlus's PublicTest rows, FER2013's PrivateTest rows, AffectNet's
+    validation list, SFEW's Val/, a folder's test/ (or val/), a fresh synthetic stream. Split "val", for choosing
+    settings without reading test, exists for the synthetic faces (a third stream) and FER2013 (PublicTest).
     render=True draws synthetic faces once into memory (SyntheticFaces.render).
     """
     if name not in DATASETS:
@@ -364,8 +391,8 @@ def get_dataset(name, root=None, split="train", *, seed=0, synthetic_size=112, s
         count = synthetic_count or (4000 if split == "train" else 1000)
         faces = SyntheticFaces(count, synthetic_size, seed=seed, split=split, look=synthetic_look)
         return faces.render() if render else faces
-    if split == "val":
-        raise DatasetError(f"{name}: only the synthetic faces have a val split; {name} has train and test")
+    if split == "val" and name not in SPLITS_WITH_VAL:
+        raise DatasetError(f"{name}: only {' and '.join(SPLITS_WITH_VAL)} have a val split; {name} has train and test")
     root = os.fspath(root if root is not None else os.path.join("data", name))
     loaders = {"rafdb": _rafdb, "ferplus": _ferplus, "fer2013": _fer2013, "sfew": _sfew, "folder": _folder,
                "images": _images, "affectnet7": lambda r, s: _affectnet(r, s, 7), "affectnet8": lambda r, s: _affectnet(r, s, 8)}

@@ -86,6 +86,24 @@ def run_cli(main, argv=None):
         return 4
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that states each option's default once. argparse's "(default: X)" is added only where the help does
+    not already say what the default is, and never for None: a None default means "decided later" (by the
+    preset, the device, the checkpoint), and such options say in their help what that will be."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            action = copy.copy(action)  # argparse skips an option without help; show its default all the same
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
 # ----------------------------------------------------------------------------- the trunk
 
 
@@ -96,10 +114,10 @@ def load_trunk(ckpt, preset="tiny", state=None):
     """
     if ckpt == "random":
         cfg = SimFLEConfig.preset(preset)
-        return Backbone(cfg.backbone, cfg.stem), cfg, f"random {cfg.backbone}"
+        return Backbone(cfg.backbone, cfg.stem, cfg.width), cfg, f"random {cfg.backbone}"
     state = state if state is not None else load_checkpoint(ckpt)
     cfg = state["config_obj"]
-    trunk = Backbone(cfg.backbone, cfg.stem)
+    trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     weights = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
     try:
         trunk.load_state_dict(weights)
@@ -201,27 +219,34 @@ def confusion_text(confusion, classes):
     return "\n".join(lines)
 
 
-def save_confusion_png(confusion, classes, path, title):
-    """A picture of the confusion matrix, when matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def save_confusion_png(confusion, classes, path, title, history=None):
+    """A picture of the confusion matrix and, beside it, the accuracy after each epoch of the probe or fine-tuning
+    (the report's "history"), when matplotlib is installed: -> path, or None without matplotlib."""
+    try:  # Figure, not pyplot: leaves a notebook's backend as it was
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     m = torch.tensor(confusion, dtype=torch.float)
-    m = m / m.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 0.8 + 0.7 * len(classes)))
+    m = (m / m.sum(1, keepdim=True).clamp(min=1)).numpy()  # matplotlib takes numpy arrays
+    side = 1 + 0.7 * len(classes)
+    widths = [side, 4] if history else [side]  # inches: the matrix, then the accuracy curve
+    fig = Figure(figsize=(sum(widths), side), layout="constrained")
+    axes = fig.subplots(1, len(widths), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
+    ax = axes[0]
     ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if m[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if m[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=10)
+    if history:
+        ax = axes[1]
+        ax.plot(range(1, len(history) + 1), [100 * a for a in history], marker="o", markersize=3)
+        ax.set_xlabel("epoch"), ax.set_ylabel("accuracy (%)"), ax.set_title("accuracy after each epoch", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -249,16 +274,28 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     features="cached" trains on the features of the un-augmented training images, computed once: much faster,
     but not the paper's protocol (say so when reporting). Returns the report dict and the trained head.
     """
-    torch.manual_seed(seed)
     trunk = trunk.to(device).eval().requires_grad_(False)
-    classes = test_base.classes
-    batch_size = min(batch_size, len(train_base))
-    lr = lr if lr is not None else 0.5 * batch_size / 256
-    head = probe_head(trunk.dim, len(classes)).to(device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     test_x, test_y = embed(trunk, loader(data.ProbeView(test_base, size, train=False), 256, workers), device)
+    cached = None
     if features == "cached":
-        cached_x, cached_y = embed(trunk, loader(data.ProbeView(train_base, size, train=False), 256, workers), device)
+        cached = embed(trunk, loader(data.ProbeView(train_base, size, train=False), 256, workers), device)
+    return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device, epochs, batch_size,
+                      lr, workers, seed)
+
+
+def train_head(trunk, cached, test, classes, train_base=None, size=None, device="cpu", epochs=100, batch_size=1024,
+               lr=None, workers=0, seed=0):
+    """linear_probe's training, on features already computed: `cached` (train features, labels) or None (then the
+    frozen trunk embeds augmented train_base images every epoch); `test` (features, labels). -> (report, head)."""
+    torch.manual_seed(seed)
+    test_x, test_y = test
+    batch_size = min(batch_size, len(cached[0]) if cached is not None else len(train_base))
+    lr = lr if lr is not None else 0.5 * batch_size / 256
+    head = probe_head(test_x.shape[1], len(classes)).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    features = "cached" if cached is not None else "augmented"
+    if cached is not None:
+        cached_x, cached_y = cached
     else:
         train_view = data.ProbeView(train_base, size, train=True, seed=seed)
     history = []
@@ -398,16 +435,28 @@ def landmark_probe(trunk, train_base, test_base, size, device, workers=0, max_tr
             "num_landmarks": test_base.num_landmarks, "feature_dim": x.shape[1], "image_size": size}
 
 
+def central_patches(grid, k):
+    """Indices (row-major) of the k patches of a grid x grid layout nearest its centre; ties go to the lower index."""
+    centre = (grid - 1) / 2
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    distance = ((rows - centre) ** 2 + (cols - centre) ** 2).flatten()
+    return torch.sort(distance, stable=True).indices[:k]
+
+
 @torch.no_grad()
 def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
     """Share of a face's landmarks that fall in *visible* patches under semantic masking (paper §3: the kept
     patches should be the facial landmarks), and what random masking gives.
 
+    A second control is a fixed mask that keeps the K patches nearest the image centre (central_patches): on
+    aligned faces the landmarks crowd there, so a hit rate means something only above it.
+
     Each image's masking is scored for every one of the G groups (training draws one at random, so this is the
     expectation over that draw), with BatchNorm in train mode on batches of `batch_size` origin images, as the
     masks are made in training; the model itself is not changed. Random masking keeps K of N patches whatever
     the image, so a landmark inside the image is visible with probability K/N (12/49 = 24.5 %).
-    -> {"semantic": rate, "random": K/N, "per_group": [rate per group], "best_group": rate of the best group}
+    -> {"semantic": rate, "random": K/N, "central": rate of the fixed central mask, "per_group": [rate per group],
+        "best_group": rate of the best group}
     """
     c = model.config
     if not c.use_facemae:
@@ -418,7 +467,9 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
     was_training = model.training
     model = model.to(device).train()
     grid = c.origin_size // c.patch_size
-    hits, total = torch.zeros(c.groups), 0
+    hits, total, central_hits = torch.zeros(c.groups), 0, 0.0
+    central = torch.zeros(grid * grid, dtype=torch.bool)
+    central[central_patches(grid, c.num_visible)] = True
     for batch, _ in loader(data.ProbeView(dataset, c.origin_size, train=False), batch_size, workers):
         if batch is None:
             continue
@@ -432,12 +483,13 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
             _, mask, _ = keep_top_patches(semantic_patch_scores(maps, chosen, c.origin_size, c.patch_size), c.num_visible)
             visible = (mask.gather(1, patch) == 0) & inside  # (B,L)
             hits[g] += visible.float().sum().cpu()
+        central_hits += (central.to(device)[patch] & inside).float().sum().item()
         total += marks.shape[0] * marks.shape[1]
     model.load_state_dict(snapshot)
     model.train(was_training)
     per_group = (hits / max(total, 1)).tolist()
     return {"semantic": sum(per_group) / len(per_group), "random": c.num_visible / c.num_patches,
-            "per_group": per_group, "best_group": max(per_group), "images": len(dataset)}
+            "central": central_hits / max(total, 1), "per_group": per_group, "best_group": max(per_group), "images": len(dataset)}
 
 
 def hit_rate_trained_and_untrained(model, seed, dataset, device, workers=0):
@@ -483,7 +535,7 @@ def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, worker
     test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look, render=True)
     trained, cfg, _ = load_trunk(ckpt)
     torch.manual_seed(seed)
-    random_trunk = Backbone(cfg.backbone, cfg.stem)
+    random_trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     # the same random weights with BatchNorm statistics of the faces, as a trained trunk has them
     random_bn = recompute_batchnorm(copy.deepcopy(random_trunk), train_base, cfg.view_size, device, workers)
     results = {}
@@ -536,8 +588,8 @@ def predict(ckpt, images, device):
 # ----------------------------------------------------------------------------- command line
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a SimFLE trunk.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(description="Evaluate a SimFLE trunk.", formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, help="a train.py checkpoint (last.pt), or 'random'")
     p.add_argument("--data", default=None, choices=list(data.DATASETS), help="default: the checkpoint's dataset")
     p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
@@ -551,13 +603,64 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels-per-class", type=int, default=None, metavar="N",
+                   help="train the probe / fine-tuning on N labelled images per class of the train split (a seeded, "
+                        "class-balanced subset drawn with --seed; the rest unused); default: every label")
     p.add_argument("--look", default=None, choices=list(data.LOOKS),
                    help="synthetic faces: default the look the checkpoint was trained on (aligned for --ckpt random)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="where to score: test, or val to choose settings (synthetic faces and FER2013's PublicTest)")
     p.add_argument("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
     p.add_argument("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
+    return p
+
+
+def evaluation_data(args, state):
+    """The train split (or its --labels-per-class subset) and the split to score: -> (train, scored)."""
+    if args.look is None:  # checkpoints from before the look option were trained on the scene look
+        args.look = "aligned" if state is None else state["train"].get("look", "scene")
+    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_look=args.look, render=True)
+    test_base = data.get_dataset(args.data, args.root, args.split, seed=args.seed, synthetic_look=args.look, render=True)
+    if not test_base.classes:
+        raise data.DatasetError(f"{args.data} has no labels to evaluate with")
+    classes = test_base.classes
+    print(f"{args.data}: {len(train_base)} train / {len(test_base)} {args.split} images, "
+          f"{len(classes)} classes ({', '.join(classes)})")
+    if args.labels_per_class:
+        train_base = data.labels_per_class(train_base, args.labels_per_class, args.seed)
+        counts = [train_base.labels.count(k) for k in range(len(classes))]
+        print(f"few labels: {len(train_base)} training images, {args.labels_per_class} per class (seed {args.seed})"
+              + ("" if min(counts) == args.labels_per_class else
+                 f"; classes with fewer keep all theirs: {dict(zip(classes, counts))}"))
+    return train_base, test_base
+
+
+def run_mode(args, state, trunk, cfg, train_base, test_base, device, out):
+    """The chosen evaluation: -> its report."""
+    if args.mode == "linear":
+        report, head = linear_probe(trunk, train_base, test_base, cfg.view_size, device, args.epochs, args.batch_size,
+                                    args.lr, args.features, args.workers, args.seed)
+        if args.ckpt != "random":
+            torch.save({"format": PROBE_FORMAT, "head": head.state_dict(), "classes": test_base.classes,
+                        "size": cfg.view_size, "data": args.data}, os.path.join(out, "probe_head.pt"))
+    elif args.mode == "knn":
+        report = knn_eval(trunk, train_base, test_base, cfg.view_size, device, workers=args.workers)
+    elif args.mode == "finetune":
+        report = finetune(trunk, train_base, test_base, cfg.view_size, device, args.epochs, min(args.batch_size, 256),
+                          args.lr, args.workers, args.seed)
+    else:
+        report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers, seed=args.seed)
+        if state is not None and cfg.use_facemae:  # the masking itself: trained, and the same config untrained
+            report["hit_rate"], report["hit_rate_untrained"] = hit_rate_trained_and_untrained(
+                load_model(args.ckpt, state)[0], args.seed, test_base, device, args.workers)
+    return report
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) <= 0:
+    for name in ("epochs", "batch_size", "labels_per_class"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     device = pick_device(args.device)
     if args.predict:
@@ -572,39 +675,21 @@ def main(argv=None):
     out = args.out or (os.path.dirname(os.path.abspath(args.ckpt)) if args.ckpt != "random"
                        else os.path.join("runs", f"random-{args.preset}"))
     os.makedirs(out, exist_ok=True)
-    if args.look is None:  # checkpoints from before the look option were trained on the scene look
-        args.look = "aligned" if state is None else state["train"].get("look", "scene")
-    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_look=args.look, render=True)
-    test_base = data.get_dataset(args.data, args.root, "test", seed=args.seed, synthetic_look=args.look, render=True)
-    if not test_base.classes:
-        raise data.DatasetError(f"{args.data} has no labels to evaluate with")
-    classes = test_base.classes
-    print(f"{name}: {cfg.backbone}; {args.data}: {len(train_base)} train / {len(test_base)} test images, "
-          f"{len(classes)} classes ({', '.join(classes)}); device {device}")
+    print(f"{name}: {cfg.backbone}; device {device}")
+    train_base, test_base = evaluation_data(args, state)
     t0 = time.time()
-    if args.mode == "linear":
-        report, head = linear_probe(trunk, train_base, test_base, cfg.view_size, device, args.epochs, args.batch_size,
-                                    args.lr, args.features, args.workers, args.seed)
-        if args.ckpt != "random":
-            torch.save({"format": PROBE_FORMAT, "head": head.state_dict(),
-                        "classes": classes, "size": cfg.view_size, "data": args.data}, os.path.join(out, "probe_head.pt"))
-    elif args.mode == "knn":
-        report = knn_eval(trunk, train_base, test_base, cfg.view_size, device, workers=args.workers)
-    elif args.mode == "finetune":
-        report = finetune(trunk, train_base, test_base, cfg.view_size, device, args.epochs, min(args.batch_size, 256),
-                          args.lr, args.workers, args.seed)
-    else:
-        report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers, seed=args.seed)
-        if state is not None and cfg.use_facemae:  # the masking itself: trained, and the same config untrained
-            report["hit_rate"], report["hit_rate_untrained"] = hit_rate_trained_and_untrained(
-                load_model(args.ckpt, state)[0], args.seed, test_base, device, args.workers)
-    report.update({"checkpoint": args.ckpt, "data": args.data, "classes": classes, "seconds": time.time() - t0})
-    print_report(report, classes, f"{args.mode} evaluation of {name} on {args.data}")
-    stem = os.path.join(out, f"eval_{args.mode}_{args.data}")
+    report = run_mode(args, state, trunk, cfg, train_base, test_base, device, out)
+    classes = test_base.classes
+    report.update({"checkpoint": args.ckpt, "data": args.data, "split": args.split, "classes": classes,
+                   "seconds": time.time() - t0, "labels_per_class": args.labels_per_class,
+                   "train_images": len(train_base)})
+    print_report(report, classes, f"{args.mode} evaluation of {name} on {args.data} {args.split}")
+    stem = os.path.join(out, f"eval_{args.mode}_{args.data}" + ("_val" if args.split == "val" else "")
+                        + (f"_{args.labels_per_class}pc" if args.labels_per_class else ""))
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=2)
     if "confusion" in report and save_confusion_png(report["confusion"], classes, stem + "_confusion.png",
-                                                    f"{args.mode} probe, {args.data}"):
+                                                    f"{args.mode} probe, {args.data}", report.get("history")):
         print(f"wrote {stem}.json and {stem}_confusion.png")
     else:
         print(f"wrote {stem}.json")

@@ -32,6 +32,25 @@ class MLPHead(nn.Sequential):
                          nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
 
 
+def narrow(net, width):
+    """A narrow ResNet: every convolution and BatchNorm of a torchvision ResNet with its channels × width (the
+    image's 3 input channels kept), initialised as torchvision does, under the same module names."""
+    def scaled(n):
+        return n if n == 3 else max(1, int(n * width))
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.Conv2d):
+            new = nn.Conv2d(scaled(m.in_channels), scaled(m.out_channels), m.kernel_size, m.stride, m.padding,
+                            bias=m.bias is not None)
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            new = nn.BatchNorm2d(scaled(m.num_features))
+        else:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent), leaf, new)
+    net.fc = nn.Linear(scaled(net.fc.in_features), net.fc.out_features)
+
+
 class Backbone(nn.Module):
     """The ResNet trunk shared by GFL and semantic masking; the only part kept for evaluation.
 
@@ -39,11 +58,13 @@ class Backbone(nn.Module):
     `torchvision.models.resnetXX()` with only `fc.*` missing.
     """
 
-    def __init__(self, name="resnet50", stem="imagenet"):
+    def __init__(self, name="resnet50", stem="imagenet", width=1.0):
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)  # random init, as the paper
         if stem == "small":  # small images (SimCLR's / BYOL's CIFAR variant): 3×3 stride-1 conv, no max-pool
             net.conv1, net.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+        if width != 1.0:
+            narrow(net, width)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.dim = net.fc.in_features  # C
@@ -259,6 +280,7 @@ class SimFLEConfig:
     """Every knob of the model; the defaults are the paper's / reference code's numbers."""
     backbone: str = "resnet50"       # resnet18 | resnet34 | resnet50
     stem: str = "imagenet"           # imagenet (7×7 stride 2 + max-pool) | small (3×3 stride 1, for small images)
+    width: float = 1.0               # channels × width in every ResNet layer (0.5: a narrow ResNet); paper: 1
     gfl: str = "byol"                # GFL two-view method: byol | simclr | barlow (the paper: "modular")
     use_facemae: bool = True         # False: the GFL method alone, the baseline SimFLE beats
     masking: str = "semantic"        # semantic | random (the paper's ablation)
@@ -304,6 +326,7 @@ class SimFLEConfig:
         checks = [
             (self.backbone in ("resnet18", "resnet34", "resnet50"), "backbone must be resnet18, resnet34 or resnet50"),
             (self.stem in ("imagenet", "small"), "stem must be imagenet or small"),
+            (0 < self.width <= 4, "width must be in (0, 4]"),
             (self.gfl in ("byol", "simclr", "barlow"), "gfl must be byol, simclr or barlow"),
             (self.masking in ("semantic", "random"), "masking must be semantic or random"),
             (0 < self.mask_ratio < 1, "mask_ratio must be in (0, 1)"),
@@ -323,7 +346,7 @@ class SimFLEConfig:
 
     @property
     def backbone_channels(self):
-        return 2048 if self.backbone == "resnet50" else 512
+        return int((2048 if self.backbone == "resnet50" else 512) * self.width)
 
     @property
     def num_patches(self):
@@ -348,7 +371,7 @@ class SimFLE(nn.Module):
         self.config = c = config.validate()
         C = c.backbone_channels
         # GFL, online network: backbone -> projector (-> predictor for BYOL)
-        self.backbone = Backbone(c.backbone, c.stem)
+        self.backbone = Backbone(c.backbone, c.stem, c.width)
         self.projector = MLPHead(C, c.head_hidden, c.head_out)
         self.predictor = MLPHead(c.head_out, c.head_hidden, c.head_out) if c.gfl == "byol" else None
         # GFL, target network (BYOL only): an EMA copy of backbone + projector, never trained by gradients
@@ -405,7 +428,7 @@ class SimFLE(nn.Module):
         with torch.autocast(origin.device.type, enabled=False):
             attn = self.grouping(fmap.float())  # (B,C,h,w); trained only by the grouping loss
             # l_g as in the paper; the reference loop minimises MSE(l_g, 0) = l_g², kept here
-            l_grouping = grouping_loss(channel_similarity(attn), c.groups) ** 2
+            l_g = grouping_loss(channel_similarity(attn), c.groups)
         maps = group_maps(attn.detach(), c.groups)  # (B,G,h,w)
         chosen = torch.randint(c.groups, (origin.shape[0],), device=origin.device)  # fresh group per image, per step
         if c.masking == "semantic":
@@ -417,27 +440,34 @@ class SimFLE(nn.Module):
         pred = self.facemae.decode(latent, ids_restore)  # (B,N,p·p·3)
         target, mean, var = norm_pix_targets(origin.float(), c.patch_size)
         return dict(attn=attn, maps=maps, chosen=chosen, scores=scores, mask=mask, latent=latent, pred=pred,
-                    reconstruction=reconstruction_loss(pred, target, mask), grouping=l_grouping,
+                    reconstruction=reconstruction_loss(pred, target, mask), grouping=l_g ** 2, l_g=l_g,
                     patch_mean=mean, patch_var=var)
 
     def forward(self, origin, view1, view2):
-        """origin (B,3,H,W), view1/view2 (B,3,V,V) -> total loss, dict of its parts (detached)."""
+        """origin (B,3,H,W), view1/view2 (B,3,V,V) -> total loss, dict of its parts (detached): the losses
+        similarity, reconstruction, distillation, grouping (= l_g², what the total weights) and l_g; the
+        weighted_* terms, which sum to the total; and total."""
         c = self.config
         views = torch.cat([view1, view2])  # (2B,3,V,V): one backbone pass for both views
         feats = self.backbone(views)  # (2B,C)
         sim = self.gfl_loss(views, feats)
         zero = sim.new_zeros(())
-        recon = group = dist = zero
+        recon = group = l_g = dist = zero
         if c.use_facemae:
             out = self.ffl(origin)
-            recon, group = out["reconstruction"], out["grouping"]
+            recon, group, l_g = out["reconstruction"], out["grouping"], out["l_g"]
             u1, u2 = self.distill_gfl(feats).chunk(2)  # (B,d) each
             v = self.distill_ffl(out["latent"][:, 1:].mean(1))  # mean of encoder tokens, CLS excluded -> (B,d)
             t = ((u1 + u2 + v) / 3).detach()  # shared target, stop-gradient
             T = c.kd_temperature
             dist = distillation_loss(u1, t, T) + distillation_loss(u2, t, T) + distillation_loss(v, t, T)
-        loss = c.sim_weight * sim + c.recon_weight * recon + c.alpha * dist + c.beta * group
-        parts = dict(similarity=sim, reconstruction=recon, distillation=dist, grouping=group, total=loss)
+        # the terms as they enter the total, so a log shows which one dominates: with the paper's weights
+        # β·l_g² is most of the total, yet it trains only the grouping layer (ffl's feature map has no gradient)
+        weighted = dict(weighted_similarity=c.sim_weight * sim, weighted_reconstruction=c.recon_weight * recon,
+                        weighted_distillation=c.alpha * dist, weighted_grouping=c.beta * group)
+        loss = sum(weighted.values())  # L = L_s + L_r + α·L_d + β·l_g²
+        parts = dict(similarity=sim, reconstruction=recon, distillation=dist, grouping=group, l_g=l_g, **weighted,
+                     total=loss)
         return loss, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()

@@ -11,6 +11,9 @@ Every field of SimFLEConfig is an option (python train.py --help). The device is
 it and on CPUs with bf16 instructions, fp16 + GradScaler on older GPUs (a Colab T4), fp32 on MPS and other
 CPUs; channels_last on CUDA and CPU. The model file has no device code.
 
+A run folder (--out) holds config.json, metrics.jsonl (one record per epoch), curves.png (redrawn after every
+epoch) and last.pt; --tensorboard adds TensorBoard scalars (see RunLog).
+
 Read train() first: it calls the named steps below (Setup, build_data, Trainer, train_epoch, ...), and
 Trainer.step is the training step of the paper.
 """
@@ -32,16 +35,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
-from eval import (CHECKPOINT_FORMAT, CheckpointError, capped, compare_with_random, embed, knn_predict, load_checkpoint,
-                  pick_device, run_cli)
+from eval import (CHECKPOINT_FORMAT, CheckpointError, HelpFormatter, capped, compare_with_random, embed, knn_predict,
+                  landmark_hit_rate, load_checkpoint, pick_device, run_cli)
 from simfle import SimFLE, SimFLEConfig
 
 # training defaults per preset (the paper: batch 256, 100 epochs; tiny: a few minutes on a laptop CPU)
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
                   "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
+HIT_RATE_FACES = 200  # held-out faces on which each epoch measures the landmark hit rate (hit_rate_faces)
 # options that belong to this invocation, never taken from a checkpoint on --resume
 RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "activation_checkpointing", "augment",
-                   "out", "stop_after_steps"}
+                   "out", "stop_after_steps", "tensorboard"}
 
 
 # ----------------------------------------------------------------------------- options
@@ -66,44 +70,53 @@ def add_config_options(parser):
                            help=f"paper: {getattr(paper, f.name)}, tiny: {getattr(tiny, f.name)}")
 
 
+def per_preset(name):
+    """The help of a training option whose default depends on the preset: "paper: 100, tiny: 2"."""
+    return ", ".join(f"{preset}: {defaults[name]}" for preset, defaults in TRAIN_DEFAULTS.items())
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="Pretrain SimFLE (self-supervised facial expression features).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", default="synthetic", choices=list(data.DATASETS), help="dataset name")
     p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
     p.add_argument("--preset", default=None, choices=["tiny", "paper"],
                    help="model preset (default: tiny on synthetic, paper otherwise)")
-    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: 100 paper, 2 tiny)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: 256 paper, 64 tiny)")
+    p.add_argument("--epochs", type=int, default=None, help=f"pretraining epochs ({per_preset('epochs')})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"global batch ({per_preset('batch_size')})")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 x batch / 256)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--out", default=None, help="run folder (default: runs/<data>-<preset>)")
     p.add_argument("--resume", default=None, help="continue from this last.pt")
     p.add_argument("--device", default="auto", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on GPUs and CPUs with bf16 arithmetic, fp16 on older GPUs, else fp32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the augmentations")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU, 8 on GPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--activation-checkpointing", type=str2bool, default=False, metavar="BOOL",
                    help="recompute the ResNet's and FaceMAE's block activations in the backward: less memory, more time")
-    p.add_argument("--num-synthetic", type=int, default=None, help="size of the synthetic training set")
+    p.add_argument("--num-synthetic", type=int, default=None, help="size of the synthetic training set (default: 4000)")
     p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
                    help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders scenes")
     p.add_argument("--crop-scale", type=float, default=None,
-                   help="smallest area of a view's RandomResizedCrop (paper: 0.08)")
+                   help=f"smallest area of a view's RandomResizedCrop ({per_preset('crop_scale')})")
     p.add_argument("--augment", default="loader", choices=["loader", "device"],
                    help="where the views' crop, flip and colour are made: per image in the loader workers, or "
                         "batched on the training device (the workers then only decode); blur is batched either way")
     p.add_argument("--warmup-epochs", type=float, default=None,
-                   help="linear lr warm-up over this many epochs, per step (paper: 0)")
+                   help=f"linear lr warm-up over this many epochs, per step ({per_preset('warmup_epochs')})")
     p.add_argument("--knn-samples", type=int, default=1000, help="cap on each split for the k-NN monitor (0: off)")
     p.add_argument("--probe", type=str2bool, default=None, metavar="BOOL",
                    help="linear probe after training vs a random trunk (default: on for synthetic)")
     p.add_argument("--probe-epochs", type=int, default=30, help="epochs of that final linear probe")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (quick runs, smoke tests)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap on steps per epoch (quick runs, smoke tests; default: the whole training set)")
     p.add_argument("--stop-after-steps", type=int, default=None,
                    help="save and stop after this many steps in total, as if interrupted (fits a job's time limit)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars, per step and per epoch, into the run folder (needs the "
+                        "tensorboard package; give it again with --resume)")
     add_config_options(p)
     return p
 
@@ -117,6 +130,9 @@ def parse_args(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.tensorboard and tensorboard_writer() is None:  # before any data is read or model built
+        parser.exit(2, "error: --tensorboard needs the tensorboard package, which is not installed here: pip install "
+                       "tensorboard (or drop --tensorboard; curves.png and metrics.jsonl are written anyway)\n")
     given = {a.dest for a in parser._actions for o in a.option_strings
              if any(x == o or x.startswith(o + "=") for x in argv)}
     args.ckpt = None
@@ -156,6 +172,15 @@ def parse_args(argv=None):
     if args.probe is None:
         args.probe = args.data == "synthetic"
     return args
+
+
+def tensorboard_writer():
+    """torch's SummaryWriter class, or None when the optional tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -277,18 +302,36 @@ def build_data(args, setup, cfg):
 
 
 def build_monitor(args, setup, train_base):
-    """Loaders of the k-NN monitor (labelled data only, main process): -> [train, held-out] or None."""
+    """The epoch-end monitors (labelled data only, main process; --knn-samples 0 turns them off):
+    -> (k-NN loaders [train, held-out] or None, held-out faces for the landmark hit rate or None)."""
     if args.knn_samples <= 0 or not train_base.classes or not setup.main:
-        return None
+        return None, None
     try:  # the monitor reads the val split where there is one, so that watching it never reads test
-        held_out = data.get_dataset(args.data, args.root, "val" if args.data == "synthetic" else "test", seed=args.seed,
+        held_out = data.get_dataset(args.data, args.root, "val" if args.data in data.SPLITS_WITH_VAL else "test", seed=args.seed,
                                     synthetic_look=args.look, render=True)
     except data.DatasetError as e:
         setup.say(f"k-NN monitor off: {e}")
+        return None, None
+    knn_sets = [DataLoader(capped(data.ProbeView(b, args.config.view_size, train=False), args.knn_samples),
+                           batch_size=256, num_workers=args.workers, collate_fn=data.collate,
+                           generator=torch.Generator().manual_seed(args.seed))
+                for b in (train_base, held_out)]
+    return knn_sets, hit_rate_faces(args, setup, held_out)
+
+
+def hit_rate_faces(args, setup, held_out):
+    """A fixed random subset of the held-out faces for the landmark hit rate of semantic masking, when they have
+    landmarks and the model has FaceMAE: -> LabelledSubset or None. At most HIT_RATE_FACES (and --knn-samples)
+    faces keep it cheap: 200 faces cost ~1.5 % of an epoch of `python train.py` (one CPU thread: 3.7 s against
+    62 steps of 4.5 s)."""
+    if not held_out.num_landmarks or not args.config.use_facemae:
         return None
-    return [DataLoader(capped(data.ProbeView(b, args.config.view_size, train=False), args.knn_samples), batch_size=256,
-                       num_workers=args.workers, collate_fn=data.collate, generator=torch.Generator().manual_seed(args.seed))
-            for b in (train_base, held_out)]
+    if setup.distributed:  # it runs BatchNorm in train mode: a SyncBatchNorm on rank 0 alone would wait for the rest
+        setup.say("landmark hit rate off under DDP")
+        return None
+    n = min(HIT_RATE_FACES, args.knn_samples, len(held_out))
+    pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(args.seed))[:n]
+    return data.LabelledSubset(held_out, sorted(pick.tolist()))
 
 
 @contextlib.contextmanager
@@ -459,7 +502,7 @@ def train(argv=None):
         trainer.load(args.ckpt, args.resume)
         position = {k: args.ckpt[k] for k in position}
         set_rng_state(args.ckpt["rng"], setup.device)
-    knn_sets = build_monitor(args, setup, train_base)
+    knn_sets, hit_faces = build_monitor(args, setup, train_base)
     run_info = write_run_info(args, setup, trainer, len(loader.dataset), steps_per_epoch)
     ckpt_path = os.path.join(args.out, "last.pt")
 
@@ -474,25 +517,29 @@ def train(argv=None):
     stop = Stop(setup, args.out)
     if position["step_in_epoch"] >= steps_per_epoch:
         position.update(epoch=position["epoch"] + 1, step_in_epoch=0)
-    for epoch in range(position["epoch"], args.epochs):
-        try:
-            record = train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_epoch)
-        except NonFiniteLoss as e:
-            setup.say(f"error: non-finite loss at epoch {epoch + 1}, step {position['step'] + 1} (bad parts: {e}). "
-                      f"The weights were not updated and {ckpt_path} was not overwritten. "
-                      f"Try a lower --lr, or --precision fp32.")
-            return 3
-        if record is None:  # stopped inside the epoch: save where it stands
-            checkpoint(epoch, position["step_in_epoch"], position["progress"])
-            return stop.exit_code(ckpt_path)
-        if knn_sets is not None:
-            record["knn_accuracy"] = knn_accuracy(trainer.raw_model.trunk(), knn_sets, setup.device,
-                                                  len(train_base.classes))
-        position.update(step_in_epoch=0, progress={})
-        checkpoint(epoch + 1, 0, {})
-        log_epoch(args, setup, record)
-        if stop.reason is not None:
-            return stop.exit_code(ckpt_path)
+    with RunLog(args, setup) as log:
+        for epoch in range(position["epoch"], args.epochs):
+            try:
+                record = train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_epoch, log)
+            except NonFiniteLoss as e:
+                setup.say(f"error: non-finite loss at epoch {epoch + 1}, step {position['step'] + 1} (bad parts: {e}). "
+                          f"The weights were not updated and {ckpt_path} was not overwritten. "
+                          f"Try a lower --lr, or --precision fp32.")
+                return 3
+            if record is None:  # stopped inside the epoch: save where it stands
+                checkpoint(epoch, position["step_in_epoch"], position["progress"])
+                return stop.exit_code(ckpt_path)
+            if knn_sets is not None:
+                record["knn_accuracy"] = knn_accuracy(trainer.raw_model.trunk(), knn_sets, setup.device,
+                                                      len(train_base.classes))
+            if hit_faces is not None:  # share of landmarks that semantic masking keeps visible (paper §3)
+                record["landmark_hit_rate"] = landmark_hit_rate(trainer.raw_model, hit_faces, setup.device,
+                                                                workers=args.workers)["semantic"]
+            position.update(step_in_epoch=0, progress={})
+            checkpoint(epoch + 1, 0, {})
+            log.epoch(record)
+            if stop.reason is not None:
+                return stop.exit_code(ckpt_path)
     if setup.distributed:
         dist.destroy_process_group()
     if setup.main:
@@ -503,7 +550,7 @@ def train(argv=None):
     return 0
 
 
-def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_epoch):
+def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_epoch, log):
     """One epoch from position["step_in_epoch"] on: -> the epoch's log record, or None if it was stopped."""
     start = position["step_in_epoch"]
     progress = position["progress"]  # running sums of an epoch cut by an interrupt, else {}
@@ -526,9 +573,11 @@ def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_e
         seen += batch[0].shape[0] * setup.world
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
-        bar.set_postfix(loss=f"{values['total']:.3f}", sim=f"{values['similarity']:.3f}",
-                        rec=f"{values['reconstruction']:.3f}", lr=f"{lr:.4f}", img_s=f"{seen / (time.time() - t0):.0f}",
-                        refresh=False)
+        log.step(position["step"], {**values, "lr": lr})
+        # the loss as the sum of its weighted terms, so the bar shows which one dominates
+        w = [values[k] for k in WEIGHTED]
+        bar.set_postfix_str(f"loss {values['total']:.4g} = sim {w[0]:.3g} + rec {w[1]:.3g} + dist {w[2]:.3g} + "
+                            f"grp {w[3]:.3g}, lr {lr:.4f}, {seen / (time.time() - t0):.0f} img/s", refresh=False)
         if args.stop_after_steps and position["step"] >= args.stop_after_steps and stop.reason is None:
             stop.reason = "steps"
         if stop.agreed():
@@ -566,15 +615,134 @@ def write_run_info(args, setup, trainer, num_images, steps_per_epoch):
     return run_info
 
 
-def log_epoch(args, setup, record):
-    """Append the epoch's record to metrics.jsonl and print it on one line."""
-    if not setup.main:
-        return
-    with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-    setup.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-    if record["skipped_images"]:
-        setup.say(f"warning: {record['skipped_images']} unreadable images were skipped this epoch (named above)")
+# ----------------------------------------------------------------------------- logging
+
+
+class RunLog:
+    """Where the run's numbers go, from the main process only: each epoch's record to metrics.jsonl and the
+    console; curves.png, redrawn from the whole metrics.jsonl (a resumed run appends to it, so the picture shows
+    the whole run); and with --tensorboard the same numbers as TensorBoard scalars, step/<key> after every step
+    and epoch/<key> after every epoch, <key> as in metrics.jsonl."""
+
+    def __init__(self, args, setup):
+        self.setup = setup
+        self.metrics_path = os.path.join(args.out, "metrics.jsonl")
+        self.curves_path = os.path.join(args.out, "curves.png")
+        self.drawing = True  # until matplotlib turns out to be missing
+        self.writer = tensorboard_writer()(args.out) if args.tensorboard and setup.main else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+    def step(self, step, values):
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"step/{key}", value, step)
+
+    def epoch(self, record):
+        if not self.setup.main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for line in epoch_lines(record):
+            self.setup.say(line)
+        if record["skipped_images"]:
+            self.setup.say(f"warning: {record['skipped_images']} unreadable images were skipped this epoch "
+                           f"(named above)")
+        self.draw()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    self.writer.add_scalar(f"epoch/{key}", value, record["epoch"])
+            self.writer.flush()  # an interrupted run keeps every finished epoch's scalars
+
+    def draw(self):
+        """Redraw curves.png. A picture is never worth a run: a failure to draw is a warning, and training goes on."""
+        if not self.drawing:
+            return
+        try:
+            drawn = draw_curves(self.metrics_path, self.curves_path)
+        except Exception as e:  # any error inside plotting: a matplotlib bug, an odd value, a full disk
+            self.setup.say(f"warning: {self.curves_path} not drawn ({type(e).__name__}: {e}); training goes on")
+            return
+        if drawn is None:
+            self.setup.say("curves.png not drawn: matplotlib is not installed (metrics.jsonl has every number)")
+            self.drawing = False  # said once
+
+
+LOSS_TERMS = ("similarity", "reconstruction", "distillation", "grouping")  # SimFLE's parts; grouping is l_g²
+WEIGHTED = tuple("weighted_" + term for term in LOSS_TERMS)  # the terms as they add up to the total
+
+
+def epoch_lines(record):
+    """The epoch's record as printed: the run's state, then the total as the sum of its weighted terms with each
+    one's share (which one dominates), then the unweighted losses."""
+    def show(key):
+        value = record[key]
+        return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+    losses = {"total", "l_g", *LOSS_TERMS, *WEIGHTED}
+    lines = [" ".join(show(k) for k in record if k not in losses)]
+    if "total" in record:  # absent only when every batch of the epoch was unreadable
+        total = record["total"]
+        terms = " + ".join(f"{k} {record[k]:.4g} ({100 * record[k] / (total or 1):.1f} %)" for k in WEIGHTED)
+        lines += [f"  loss: total={total:.4g} = {terms}",
+                  "  unweighted: " + " ".join(show(k) for k in (*LOSS_TERMS, "l_g"))]
+    return lines
+
+
+# what curves.png draws: (panel title, metrics.jsonl keys on that axis, log scale); each loss gets its own axis, as
+# they differ by orders of magnitude, and one log axis shows the weighted terms beside the total they add up to
+CURVE_PANELS = [("loss (log scale)", ("total", *WEIGHTED), True),
+                ("similarity (L_s)", ("similarity",), False),
+                ("reconstruction (L_r)", ("reconstruction",), False),
+                ("distillation (L_d)", ("distillation",), False),
+                ("grouping l_g (the total has β·l_g²)", ("l_g",), False),
+                ("learning rate", ("lr",), False),
+                ("images / s", ("images_per_s",), False),
+                ("k-NN accuracy, held-out", ("knn_accuracy",), False),
+                ("landmark hit rate, semantic masking", ("landmark_hit_rate",), False)]
+
+
+def draw_curves(metrics_path, png_path):
+    """Draw curves.png from the whole metrics.jsonl, against the epoch: the panels of CURVE_PANELS whose keys the
+    run logs. Written to a temporary file and renamed, so a reader never sees half a picture.
+    -> the epochs drawn, or None when matplotlib is not installed."""
+    try:  # imported here: matplotlib is optional; Figure, not pyplot, leaves a notebook's backend as it was
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return None
+    with open(metrics_path) as f:  # an epoch logged twice (a run restarted in the same folder): its latest record
+        rows = sorted({r["epoch"]: r for r in map(json.loads, f)}.values(), key=lambda r: r["epoch"])
+    panels = [(title, [k for k in keys if any(k in r for r in rows)], log) for title, keys, log in CURVE_PANELS]
+    panels = [panel for panel in panels if panel[1]]
+    # the first panel (the total and its terms) gets the top row, its legend above it in place of a title; the
+    # others follow three to a row
+    grid_rows = 1 + math.ceil((len(panels) - 1) / 3)
+    fig = Figure(figsize=(12, 2.8 * grid_rows), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(grid_rows, 3)
+    axes = [fig.add_subplot(grid[0, :])] + [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(len(panels) - 1)]
+    for ax, (title, keys, log) in zip(axes, panels):
+        for key in keys:
+            points = [(r["epoch"], r[key]) for r in rows if key in r and (r[key] > 0 or not log)]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+        if log:
+            ax.set_yscale("log")
+            ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(keys), frameon=False)
+            ax.set_ylabel(title, fontsize=9)
+        else:
+            ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    tmp = png_path + ".tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, png_path)
+    return [r["epoch"] for r in rows]
 
 
 def cli(argv=None):

@@ -47,7 +47,7 @@ def supervised_trunk(args, seed, device):
     RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of 4,000 faces.)"""
     cfg = train.SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
-    trunk = evaluate.Backbone(cfg.backbone, cfg.stem)
+    trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
     train_base, test_base = datasets(args, seed)
     (xtr, ytr), (xte, yte) = (labelled_images(b, cfg.view_size) for b in (train_base, test_base))
     model = nn.Sequential(trunk, nn.Linear(trunk.dim, len(test_base.classes)))
@@ -162,7 +162,7 @@ def main():
             if options in (None, "random-bn"):
                 torch.manual_seed(seed)
                 cfg = train.SimFLEConfig.preset(args.preset)
-                trunk = evaluate.Backbone(cfg.backbone, cfg.stem)
+                trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
                 if options == "random-bn":  # the same random weights, BatchNorm statistics of the training faces
                     trunk = evaluate.recompute_batchnorm(trunk, datasets(args, seed)[0], cfg.view_size, device).cpu()
             elif options == "supervised":

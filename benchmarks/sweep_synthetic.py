@@ -58,7 +58,7 @@ def baselines(seed, device, look="aligned"):
     cfg = train.SimFLEConfig.preset("tiny")
     options = {"look": look}
     torch.manual_seed(seed)
-    trunk = Backbone(cfg.backbone, cfg.stem)
+    trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     faces = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look, render=True)
     with_bn = evaluate.recompute_batchnorm(copy.deepcopy(trunk), faces, cfg.view_size, device)
     rows = {"random trunk, as initialised": probe_val(trunk, options, cfg.view_size, seed, device),
@@ -86,7 +86,7 @@ def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None)
         name, options = f"{name}, probed at {size} px", f"{options} (probe at {size} px)".strip()
     acc = probe_val(trunk, state["train"], size, seed, device)
     torch.manual_seed(seed)
-    random_acc = probe_val(Backbone(cfg.backbone, cfg.stem), state["train"], size, seed, device)
+    random_acc = probe_val(Backbone(cfg.backbone, cfg.stem, cfg.width), state["train"], size, seed, device)
     return {"name": name, "options": options, "seed": seed, "train_seconds": seconds, "steps": state["step"],
             "val_accuracy": acc, "random_val_accuracy": random_acc, "gain": acc - random_acc}
 

@@ -123,7 +123,9 @@ def test_fer2013(tmp_path):
     make_fer(tmp_path / "fer2013")  # torchvision's layout: root/fer2013/fer2013.csv
     train, test = data.get_dataset("fer2013", tmp_path, "train"), data.get_dataset("fer2013", tmp_path, "test")
     assert train.classes == ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
-    assert train.labels == [0, 3, 6] and test.labels == [2, 5, 1]  # test = PublicTest + PrivateTest
+    val = data.get_dataset("fer2013", tmp_path, "val")
+    # the challenge's protocol: train = Training, val = PublicTest, test = PrivateTest
+    assert train.labels == [0, 3, 6] and val.labels == [2, 5] and test.labels == [1]
     img, _, _ = train[1]
     assert img.shape == (3, 48, 48) and torch.equal(img[0], img[2])
     pixels = np.array(fer_row(3, "Training", 1).split(",")[1].split(), dtype=np.uint8).reshape(48, 48)
@@ -334,8 +336,8 @@ def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
         data.get_dataset("synthetic", synthetic_look="cartoon")
 
 
-def test_only_synthetic_faces_have_a_val_split(tmp_path):
-    with pytest.raises(data.DatasetError, match="only the synthetic faces have a val split"):
+def test_only_synthetic_faces_and_fer2013_have_a_val_split(tmp_path):
+    with pytest.raises(data.DatasetError, match="only synthetic and fer2013 have a val split"):
         data.get_dataset("rafdb", tmp_path, "val")
     with pytest.raises(data.DatasetError, match="unknown split"):
         data.get_dataset("synthetic", split="validation")

@@ -1,5 +1,6 @@
-"""tutorial.ipynb: it runs top to bottom in a real Jupyter kernel, its committed outputs hold every section's
-picture, and it calls the project's code instead of copying it."""
+"""tutorial.ipynb: it runs top to bottom in a real Jupyter kernel (its exercises filled in with the solutions), its
+committed outputs hold every section's picture in legible type, its text agrees with the numbers its cells print,
+and it calls the project's code instead of copying it."""
 import ast
 import importlib.util
 import os
@@ -19,6 +20,19 @@ SECTIONS = ["1. The data", "2. The backbone", "3. Channel grouping", "4. Semanti
 
 def read():
     return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def builder():
+    """tools/make_tutorial.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("make_tutorial", os.path.join(ROOT, "tools", "make_tutorial.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stdout(nb):
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream")
 
 
 def sections(nb):
@@ -60,21 +74,30 @@ def test_committed_notebook_shows_every_picture_without_running():
     nb = read()
     check_outputs(nb)
     assert pictures(nb.cells) >= 15
+    # as shipped, the exercises are stubs: every checker says so, none passes or fails
+    stubs = sum("exercise" in c.metadata for c in nb.cells)
+    text = stdout(nb)
+    assert text.count("NOT DONE") == stubs >= 5 + 2 and not re.search(r"^(PASS|FAIL|OUTSIDE) ", text, re.M)
+    check_claims(text)  # and its text agrees with the numbers its cells printed
 
 
 def test_committed_notebook_is_what_the_builder_writes():
     """tools/make_tutorial.py is the source: the committed cells must match it (rebuild with --execute)."""
-    spec = importlib.util.spec_from_file_location("make_tutorial", os.path.join(ROOT, "tools", "make_tutorial.py"))
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    built = [(c.cell_type, c.source) for c in builder.build().cells]
+    built = [(c.cell_type, c.source) for c in builder().build().cells]
     committed = [(c.cell_type, c.source) for c in read().cells]
     assert committed == built, "tutorial.ipynb differs from tools/make_tutorial.py: python tools/make_tutorial.py --execute"
 
 
 def test_notebook_calls_the_project_instead_of_copying_it():
     nb = read()
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    # the exercise cells are stubs the student fills in (the same names as simfle.py's pieces): only a stub there
+    stubs = [c for c in nb.cells if "exercise" in c.metadata]
+    assert len(stubs) >= 5
+    for cell in stubs:
+        (function,) = ast.parse(cell.source).body
+        assert function.name == cell.metadata["exercise"]
+        assert ast.unparse(function.body[-1]) == "raise NotImplementedError", f"{function.name}: not a stub"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and "exercise" not in c.metadata)
     for line in ("import data", "import eval as evaluate", "import simfle", "from simfle import SimFLE, SimFLEConfig"):
         assert re.search(rf"^{re.escape(line)}\b", code, re.M), f"the notebook should `{line}`"
     tree = ast.parse(code)
@@ -93,20 +116,123 @@ def test_notebook_calls_the_project_instead_of_copying_it():
 
 
 def test_first_cell_fetches_the_project_only_when_it_is_missing():
-    first = next(c for c in read().cells if c.cell_type == "code").source
-    assert re.search(r'^REPO_URL = "https://github\.com/<owner>/simfle"', first, re.M)
+    nb = read()
+    first = next(c for c in nb.cells if c.cell_type == "code").source
+    assert len(re.findall(r"^REPO_URL = \"https://github\.com/[^\"]+\"", first, re.M)) == 1, "one place to set REPO_URL"
+    assert "THE ONE PLACE TO EDIT" in first
     assert "google.colab" in first and "git\", \"clone" in first and 'find_spec("simfle")' in first
+    assert "WHAT TO DO" in first, "when REPO_URL is not set, the first cell says plainly what to do"
     assert not re.search(r"pip\W+install[^\n]*\btorch", first), "never (re)install torch or torchvision"
+    assert "colab.research.google.com/assets/colab-badge.svg" in nb.cells[0].source, "no Open in Colab badge"
+    assert "REPO_URL" not in "".join(c.source for c in nb.cells[2:]), "REPO_URL is set in the first code cell only"
+
+
+def test_first_cell_says_what_to_do_when_the_project_is_missing(tmp_path):
+    """Run outside the repository with REPO_URL unset, the first cell stops with plain instructions, not a clone."""
+    import subprocess
+    import sys
+    first = next(c for c in read().cells if c.cell_type == "code").source
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", first], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "WHAT TO DO" in run.stdout and "set REPO_URL" in run.stdout, run.stdout + run.stderr
+    assert "REPO_URL is not set" in run.stderr and not os.listdir(tmp_path), "it cloned something"
+
+
+def png_dpi(png):
+    """The resolution a PNG was written at, from its pHYs chunk (matplotlib writes it), or None."""
+    import base64
+    import struct
+    raw = base64.b64decode(png)
+    at = raw.find(b"pHYs")
+    if at < 0:
+        return None
+    per_metre = struct.unpack(">I", raw[at + 4:at + 8])[0]
+    return per_metre * 0.0254
+
+
+def test_figures_are_legible():
+    """Every picture at 100 dpi or more, and no text under 8 pt (issue: the confusion matrices at 72 dpi, 6 pt)."""
+    nb = read()
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    dpi = re.search(r'"figure\.dpi": (\d+)', code)
+    assert dpi and int(dpi.group(1)) >= 100
+    sizes = [float(x) for x in re.findall(r'fontsize=(\d+(?:\.\d+)?)', code)]
+    sizes += [float(x) for x in re.findall(r'"(?:font\.size|[a-z]+\.(?:title|label)size|legend\.fontsize)": (\d+)', code)]
+    assert sizes and min(sizes) >= 8, f"text under 8 pt: {sorted(sizes)[:3]}"
+    dpis = [png_dpi(o["data"]["image/png"]) for c in nb.cells if c.cell_type == "code"
+            for o in c.outputs if "image/png" in o.get("data", {})]
+    assert dpis and all(d is not None and d >= 99.5 for d in dpis), f"pictures under 100 dpi: {dpis}"
+
+
+def numbers(pattern, text):
+    """Every match of a regex whose groups are numbers (or [lists]) -> list of tuples of floats / lists."""
+    def value(x):
+        return [float(v) for v in x.strip("[]").split(",")] if x.startswith("[") else float(x)
+    return [tuple(value(g) for g in m.groups()) for m in re.finditer(pattern, text)]
+
+
+def check_claims(text):
+    """The sentences and titles of the notebook, held against the numbers its cells print (one run, seed 0)."""
+    N = r"(-?[\d.]+(?:e-?\d+)?)"
+    # section 3 and 7: "one map 32 times" before training, "still one shape", "one or a few masks" after it
+    (corr0, masks0), (corr1, masks1) = numbers(rf"maps: {N} or more; .*per face: (\[[\d, ]+\])", text)
+    assert corr0 > 0.999 and set(masks0) == {1}, (corr0, masks0)
+    assert corr1 > 0.9 and max(masks1) <= 8, (corr1, masks1)
+    # section 3: l_g = 254 and the log's part is its square
+    ((l_g, squared),) = numbers(rf"l_g = {N} \(what the model's loss logs is its square, l_g² = {N}\)", text)
+    assert abs(l_g - 253.95) < 0.1 and abs(squared / l_g ** 2 - 1) < 1e-3
+    ((l_g0, l_g1),) = numbers(rf"l_g on these 8 faces: {N} before training, {N} after", text)
+    assert l_g0 == l_g and l_g1 < l_g0 - 10, "section 7: S is no longer all ones, l_g has fallen"
+    # section 4 and 7: far above random masking, a little above the central mask, hardly moved, near the central mask
+    rates = numbers(rf"semantic masking {N} % \(best group {N} %\) \| fixed central mask {N} % \| random masking {N} %", text)
+    (semantic0, _, central, random), (_, _, _, _), (semantic1, _, _, _) = rates  # untrained, before, after
+    assert semantic0 - random > 10 and 0 < semantic0 - central < 8, rates[0]
+    assert abs(semantic1 - semantic0) < 5 and abs(semantic1 - central) < 6, rates
+    # section 6: BYOL before training: every pair alike, every face's output alike; the EMA step; the terms
+    (same0, others0, p0, t0), (same1, others1, p1, t1) = numbers(
+        rf"same face {N} vs other faces {N}; cosine between two different faces' predictions {N}, between their targets {N}", text)
+    assert abs(same0 - others0) < 0.05 and p0 > 0.8 and t0 > 0.8
+    assert t1 < 0.6 and p1 > 0.9 and 0 < others1 - same1 < 0.1, (same1, others1, p1, t1)  # section 7: the stripes
+    ((moved, _),) = numbers(rf"the target moved {N} of the way to the online network \(1 - m = {N}\)", text)
+    assert abs(moved - 0.01) < 1e-3
+    ((total_sum, total, share),) = numbers(rf"beta\*l_g\^2 = {N} = the model's total {N}; beta\*l_g\^2 is {N} %", text)
+    assert abs(total_sum / total - 1) < 1e-3 and share > 99, "the grouping term is almost all of the total"
+    reach = {m.group(1): tuple(float(x) for x in m.groups()[2:]) for m in re.finditer(
+        rf"^(L_s|L_r|alpha\*L_d|beta\*l_g\^2) +{N} +gradient norm into backbone {N}, grouping layer {N}, FaceMAE {N}", text, re.M)}
+    assert reach["L_s"][0] > 0 and reach["L_s"][1:] == (0, 0)
+    assert reach["L_r"][:2] == (0, 0) and reach["L_r"][2] > 0
+    assert reach["alpha*L_d"][0] > 0 and reach["alpha*L_d"][1] == 0 and reach["alpha*L_d"][2] > 0
+    assert reach["beta*l_g^2"][0] == 0 and reach["beta*l_g^2"][1] > 0 and reach["beta*l_g^2"][2] == 0
+    # section 7: the log and its reading
+    steps = {int(m.group(1)): dict(re.findall(r"([\w*^ -]+?) (-?[\d.]+(?:e[-+]?\d+)?)(?:, |$)", m.group(2)))
+             for m in re.finditer(r"^step +(\d+): (.*)$", text, re.M)}
+    steps = {k: {name.strip(): float(x) for name, x in v.items()} for k, v in steps.items()}
+    assert sorted(steps) == [1, 20, 40, 60], sorted(steps)
+    for k, log in steps.items():
+        rest = max(log["L_s"], log["L_r"], log["alpha*L_d"])
+        assert log["beta*l_g^2"] > 100 * rest, f"step {k}: beta*l_g^2 is not two orders above the rest"
+        assert log["alpha*L_d"] < min(log["L_s"], log["L_r"]), f"step {k}: alpha*L_d is not the smallest term"
+        assert abs(log["l_g"] ** 2 * 0.03 / log["beta*l_g^2"] - 1) < 1e-3, f"step {k}: l_g is not sqrt(l_g^2)"
+    assert abs(steps[1]["l_g"] - 253.95) < 0.1 and steps[60]["l_g"] < 250
+    assert steps[60]["L_s"] < steps[1]["L_s"] / 2, "the similarity loss did not fall by more than half"
+    assert max(steps[k]["online - target"] for k in (20, 40, 60)) > steps[1]["online - target"]
+    # section 8: BN statistics make the random trunk worse on both probes; pretrained close to it, not above random
+    acc = dict(re.findall(rf"^(random|random \+ BN statistics|pretrained) +trunk: accuracy {N} %", text, re.M))
+    nme = dict(re.findall(rf"^(random|random \+ BN statistics|pretrained) +trunk: NME {N} %", text, re.M))
+    acc, nme = {k: float(v) for k, v in acc.items()}, {k: float(v) for k, v in nme.items()}
+    assert acc["random"] > acc["random + BN statistics"] and nme["random"] < nme["random + BN statistics"], (acc, nme)
+    assert abs(acc["pretrained"] - acc["random + BN statistics"]) < 8 and acc["pretrained"] < acc["random"], acc
+    mean_shape = [float(shape) for _, shape in re.findall(rf"trunk: NME {N} % \(mean shape: {N} %\)", text)]
+    assert all(v < min(mean_shape) for v in nme.values()), "a trunk does not beat the mean face shape"
 
 
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom_in_a_kernel(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    nb = read()
-    for cell in nb.cells:  # run a fresh copy; the committed notebook is never overwritten
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    # the committed cells (test_committed_notebook_is_what_the_builder_writes) with the exercises' solutions in
+    # place of the stubs, so that every checker runs against tutorial_solutions.py; never written over the notebook
+    nb = builder().build(solutions=True)
     # the kernel inherits this environment: the project importable from a scratch folder, pictures inline,
     # one CPU thread (steadier than two on a shared machine, as in test_train.py)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
@@ -118,5 +244,11 @@ def test_notebook_runs_top_to_bottom_in_a_kernel(tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on any cell error
     seconds = time.time() - t0
     nbformat.write(nb, str(tmp_path / "tutorial.ipynb"))
-    check_outputs(nb)
     print(f"tutorial.ipynb ran in {seconds:.0f} s")
+    check_outputs(nb)
+    text = stdout(nb)
+    exercises = [c.metadata["exercise"] for c in nb.cells if "exercise" in c.metadata]
+    for name in exercises:  # every checker passes against the solutions; the measurements lie in their ranges
+        assert re.search(rf"^PASS {name}: ", text, re.M), f"the checker of {name} did not pass"
+    assert not re.search(r"^(FAIL|OUTSIDE|NOT DONE) ", text, re.M)
+    check_claims(text)

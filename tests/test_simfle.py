@@ -155,6 +155,18 @@ def test_loss_parts_and_gradient_flow():
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-8)
 
 
+def test_weighted_parts_are_the_terms_of_the_total():
+    """The logged weighted_* parts are each loss times its weight and add up to the total; grouping is l_g²."""
+    torch.manual_seed(0)
+    cfg = tiny(sim_weight=0.5, recon_weight=2.0, alpha=0.3, beta=0.03)
+    loss, p = SimFLE(cfg)(*batch(cfg, B=2))
+    for name, weight in (("similarity", 0.5), ("reconstruction", 2.0), ("distillation", 0.3), ("grouping", 0.03)):
+        assert torch.allclose(p["weighted_" + name], weight * p[name]), name
+    weighted = sum(v for k, v in p.items() if k.startswith("weighted_"))
+    assert torch.allclose(weighted, p["total"]) and torch.allclose(p["total"], loss.detach())
+    assert p["l_g"] > 0 and torch.allclose(p["grouping"], p["l_g"] ** 2)
+
+
 def test_distillation_target_is_detached():
     torch.manual_seed(0)
     cfg = tiny(sim_weight=0.0, recon_weight=0.0, beta=0.0, alpha=1.0)

@@ -3,12 +3,17 @@ Build tutorial.ipynb from the cells below, and (with --execute) run it once so i
 
     python tools/make_tutorial.py             # cells only, no outputs
     python tools/make_tutorial.py --execute   # run top to bottom on CPU and keep the outputs (a few minutes)
+    python tools/make_tutorial.py --solutions --out tutorial_solutions.ipynb   # the exercises filled in
 
 Edit the notebook here, not in Jupyter: the cells stay reviewable as plain text and the committed outputs
 always come from one clean top-to-bottom run. The notebook only calls simfle.py, data.py and eval.py; the
-code in it is set-up, plotting and a few-line training loop.
+code in it is set-up, plotting and a few-line training loop. Its exercises (section 9) are stubs that the
+student fills in; exercises.py checks them and tutorial_solutions.py holds the answers (--solutions puts them
+in the stubs' place: the notebook test runs that copy).
 """
 import argparse
+import ast
+import copy
 import os
 import sys
 import tempfile
@@ -19,6 +24,13 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "tutorial.ipynb")
+SOLUTIONS = os.path.join(ROOT, "tutorial_solutions.py")
+# The GitHub repository (owner/name) the "Open in Colab" badge points at. Set it here and rebuild; the notebook's
+# first cell has the one place where a reader sets the same address (REPO_URL).
+REPO = "<owner>/simfle"
+
+sys.path.insert(0, ROOT)
+from exercises import EXPECTED  # noqa: E402  (the measurement questions' ranges, stated in the notebook)
 
 CELLS = []
 
@@ -31,10 +43,22 @@ def code(text):
     CELLS.append(new_code_cell(text.strip("\n")))
 
 
+def exercise(name, stub):
+    """A cell the student fills in: the stub of tutorial_solutions.<name>, then the cell that checks it."""
+    CELLS.append(new_code_cell(stub.strip("\n"), metadata={"exercise": name}))
+
+
+def expected(name):
+    low, high = EXPECTED[name]
+    return f"{low:g} to {high:g}"
+
+
 # ----------------------------------------------------------------------------- set-up
 
-md(r"""
+md(rf"""
 # SimFLE, one box at a time
+
+[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/{REPO}/blob/main/tutorial.ipynb)
 
 SimFLE (Moon & Park, *SimFLE: Simple Facial Landmark Encoding for Self-Supervised Facial Expression
 Recognition in the Wild*, arXiv 2303.07648) learns facial-expression features from faces **without labels**.
@@ -48,14 +72,17 @@ Two branches share one ResNet:
 
 This notebook walks through each box of the paper's figure on the `tiny` preset, with a picture for each,
 then pretrains for a minute on the CPU and probes the result. Every step calls the project's own code
-(`simfle.py`, `data.py`, `eval.py`); nothing of the model is re-written here.
+(`simfle.py`, `data.py`, `eval.py`); nothing of the model is re-written here, except in section 9, where
+**you** write five of its pieces and a checker grades each one.
 
-**Run it**: top to bottom, on a CPU, in two to three minutes. On Colab, set `REPO_URL` in the next cell
-first. Locally, open the notebook from the repository's folder after `pip install -r requirements.txt`.
+**Run it** top to bottom, on a CPU, in three to five minutes. **On Colab** (the badge above): set `REPO_URL`
+in the first code cell, the one place to edit. **Locally**: `pip install -r requirements.txt`, then open the
+notebook from the repository's folder; `REPO_URL` is not needed.
 """)
 
 code(r'''
-# ▶ Colab only: the address of the repository that holds simfle.py, data.py, train.py and eval.py
+# ▶▶ THE ONE PLACE TO EDIT, on Colab only: the GitHub address of the repository that holds simfle.py, e.g.
+#    REPO_URL = "https://github.com/your-name/simfle". Not needed when Jupyter runs in the repository's folder.
 REPO_URL = "https://github.com/<owner>/simfle"
 
 import importlib.util
@@ -66,8 +93,10 @@ import sys
 IN_COLAB = "google.colab" in sys.modules
 if importlib.util.find_spec("simfle") is None:  # not started from the repository's folder: fetch it
     if "<owner>" in REPO_URL:
-        raise RuntimeError("simfle.py is not importable here: set REPO_URL at the top of this cell to the "
-                           "repository's address (or start Jupyter in the repository's folder), then rerun it.")
+        print("WHAT TO DO: this notebook needs the repository's files (simfle.py, data.py, eval.py, exercises.py).\n"
+              "  * On Colab: set REPO_URL at the top of this cell to the repository's GitHub address, run this cell again.\n"
+              "  * On your own machine: start Jupyter in the repository's folder and reopen the notebook.")
+        raise RuntimeError("REPO_URL is not set: see WHAT TO DO above")
     if not os.path.isdir("simfle-repo"):
         subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "simfle-repo"], check=True)
     sys.path.insert(0, os.path.abspath("simfle-repo"))
@@ -92,7 +121,9 @@ import simfle
 from simfle import SimFLE, SimFLEConfig
 
 torch.manual_seed(0)
-plt.rcParams.update({"figure.dpi": 72, "axes.titlesize": 9, "axes.labelsize": 9, "font.size": 8})
+# legible pictures: 100 dpi, no text under 8 pt
+plt.rcParams.update({"figure.dpi": 100, "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 9,
+                     "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8})
 
 cfg = SimFLEConfig.preset("tiny")   # the paper's geometry, shrunk to train on a CPU
 model = SimFLE(cfg).eval()          # eval mode for the pictures: BatchNorm statistics move only while training
@@ -113,7 +144,7 @@ def to_image(x):
     return (x.float() * STD + MEAN).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def panels(rows, cols, size=1.5):
+def panels(rows, cols, size=1.3):
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
@@ -126,6 +157,18 @@ def overlay(ax, image, heat, alpha=0.55):
     h = heat.float()
     ax.imshow(((h - h.min()) / (h.max() - h.min() + 1e-12)).numpy(), cmap="jet", alpha=alpha,
               interpolation="bilinear", extent=(0, image.shape[2], image.shape[1], 0))
+
+
+def weighted_terms(parts, c=cfg):
+    """The four terms of the paper's total loss L = L_s + L_r + α·L_d + β·L_g as they enter it, and l_g itself.
+
+    The model's parts are unweighted; its "grouping" part is l_g², the square the reference code minimises
+    (MSE(l_g, 0)), so the fourth term is β·l_g². The four terms add up to the model's total.
+    """
+    p = {k: float(v) for k, v in parts.items()}
+    return {"L_s": c.sim_weight * p["similarity"], "L_r": c.recon_weight * p["reconstruction"],
+            "alpha*L_d": c.alpha * p["distillation"], "beta*l_g^2": c.beta * p["grouping"],
+            "l_g": p["grouping"] ** 0.5, "total": p["total"]}
 ''')
 
 # ----------------------------------------------------------------------------- 1. data
@@ -149,7 +192,7 @@ img, label, marks = train_faces[0]
 print(f"image {tuple(img.shape)} {img.dtype}, label {label} = {train_faces.classes[label]}, "
       f"landmarks {tuple(marks.shape)} in pixels")
 
-fig, axes = panels(1, 7, 1.6)
+fig, axes = panels(1, 7, 1.5)
 for i, ax in enumerate(axes[0]):   # labels cycle through the 7 classes
     img, label, marks = train_faces[i]
     ax.imshow(img.permute(1, 2, 0))
@@ -201,7 +244,7 @@ with torch.no_grad():
 print("origin", tuple(origin.shape), "-> feature map", tuple(fmap.shape))
 print("view  ", tuple(view1.shape), "-> pooled feature", tuple(pooled.shape))
 
-fig, axes = panels(3, 5, 1.6)
+fig, axes = panels(3, 5, 1.5)
 for r in range(3):
     axes[r, 0].imshow(to_image(origin[r]))
     overlay(axes[r, 1], origin[r], fmap[r].mean(0))
@@ -220,20 +263,38 @@ md(r"""
 Semantic masking starts from the feature map F, taken with no gradient. A 1×1 convolution, BatchNorm and
 ReLU give attention channels A = ReLU(BN(Conv(F))) (`simfle.ChannelGrouping`, from DBTNet). The C channels
 are split into G = 32 contiguous **groups**; the sum of a group's channels is its **group attention map**
-(`simfle.group_maps`). The **grouping loss** (`simfle.grouping_loss`) compares S, the channels' cosine
+(`simfle.group_maps`). The **grouping loss** l_g (`simfle.grouping_loss`) compares S, the channels' cosine
 similarity matrix, with T, a block-diagonal matrix of G blocks of ones: channels of one group should
 fire on the same face region, channels of different groups on different ones. Each group should end up
 attending to one part of the face.
 
 The reference code initialises the convolution's weights to 1.0: **every channel starts identical**, so
-before training all 32 group maps are nearly the same map and S is nearly all ones. Identical channels get identical
-gradients, so here the weights carry a 10⁻³ perturbation that lets them drift apart (without it, under
-bf16 they never do). Section 7 shows the maps after some training.
+before training the 32 group maps are the same map and S is all ones, which gives l_g = 0.001 · (512² − 32·16²)
+= 254. Identical channels get identical gradients, so here the weights carry a 10⁻³ perturbation that lets
+them drift apart (without it, under bf16 they never do). Two numbers say how alike the groups are: the
+correlation between two groups' maps, and how many *different* sets of 12 visible patches the 32 groups
+would give a face (1: whichever group is drawn, the mask is the same). Section 7 shows both after training.
 """)
 
 code(r'''
+def group_spread(out):
+    """How alike the G group maps of each face are -> (smallest over the faces of the mean correlation between
+    two groups' maps, [number of different visible-patch sets the G groups give each face])."""
+    maps = out["maps"].float()                                           # (B,G,h,w)
+    B, G = maps.shape[:2]
+    z = torch.nn.functional.normalize((maps - maps.mean((2, 3), keepdim=True)).flatten(2), dim=2)
+    corr = (torch.einsum("bgi,bhi->b", z, z) - G) / (G * (G - 1))         # (B,) mean over the pairs of groups
+    distinct = []
+    for b in range(B):
+        scores = simfle.semantic_patch_scores(maps[b:b + 1].expand(G, -1, -1, -1), torch.arange(G),
+                                              cfg.origin_size, cfg.patch_size)   # (G,N): face b, every group
+        ids_keep, _, _ = simfle.keep_top_patches(scores, cfg.num_visible)
+        distinct.append(len({tuple(sorted(ids)) for ids in ids_keep.tolist()}))
+    return corr.min().item(), distinct
+
+
 def show_groups(out, title, faces=3, groups=(0, 5, 10, 15, 20, 25, 31)):
-    fig, axes = panels(faces, len(groups) + 1, 1.3)
+    fig, axes = panels(faces, len(groups) + 1, 1.2)
     for r in range(faces):
         axes[r, 0].imshow(to_image(origin[r]))
         for k, g in enumerate(groups):
@@ -247,52 +308,63 @@ def show_similarity(model, title):
     """S, the channels' cosine-similarity matrix (what the grouping loss shapes), next to its target T."""
     with torch.no_grad():
         S = simfle.channel_similarity(model.grouping(model.backbone.feature_map(origin)))   # (C, C)
-        loss = simfle.grouping_loss(S, cfg.groups).item()
+        l_g = simfle.grouping_loss(S, cfg.groups).item()
     M = cfg.backbone_channels // cfg.groups
     T = torch.block_diag(*[torch.ones(M, M)] * cfg.groups)
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.2))
-    for ax, m, name in ((axes[0], S, f"S ({title}), l_g = {loss:.1f}"), (axes[1], T, "target T: G blocks of ones")):
+    for ax, m, name in ((axes[0], S, f"S ({title}): l_g = {l_g:.1f}"), (axes[1], T, "target T: G blocks of ones")):
         ax.imshow(m[:128, :128], cmap="magma", vmin=0, vmax=1)
         ax.set_title(name + "\n(first 128 channels)")
         ax.set_xlabel("channel"), ax.set_ylabel("channel")
     plt.tight_layout()
     plt.show()
+    return l_g
 
 
 torch.manual_seed(0)
 before = model.inspect(origin)   # the FFL branch's intermediate results, computed by the training code path
+corr_before, distinct_before = group_spread(before)
 print("group maps", tuple(before["maps"].shape), "| group drawn for each face:", before["chosen"].tolist())
-print(f"largest difference between two groups' maps: {(before['maps'] - before['maps'][:, :1]).abs().max().item():.3g}")
-show_groups(before, "group attention maps before training: all groups identical")
-show_similarity(model, "before training")
+print(f"correlation between two groups' maps: {corr_before:.4f} or more; "
+      f"different masks among the 32 groups, per face: {distinct_before}")
+show_groups(before, f"group attention maps before training: one map 32 times (correlation {corr_before:.4f})")
+l_g_before = show_similarity(model, "before training")
+print(f"l_g = {l_g_before:.1f} (what the model's loss logs is its square, l_g² = {l_g_before ** 2:.0f})")
 ''')
 
 # ----------------------------------------------------------------------------- 4. semantic masking
 
 md(r"""
-## 4. Semantic masking next to random masking
+## 4. Semantic masking next to random masking and a fixed central mask
 
 For each face, one group is drawn at random (fresh at every step). Its map is upsampled to the image,
 every 16×16 patch is scored by its mean attention (`simfle.semantic_patch_scores`), and the **12 most
 activated patches stay visible**; the other 37 are masked (`simfle.keep_top_patches`). FaceMAE's encoder
 then sees the regions the ResNet finds salient (eyes, brows, mouth: the landmarks) and must reconstruct
-the rest of the face from them. MAE's **random masking**, the paper's ablation, keeps 12 patches at
-random: the same model with `masking="random"`.
+the rest of the face from them. Two controls: MAE's **random masking**, the paper's ablation, keeps 12
+patches at random (the same model with `masking="random"`); a **fixed central mask** keeps the 12 patches
+nearest the image centre for every face (`eval.central_patches`). The faces are aligned, so the landmarks
+crowd the centre: a mask has learned something about faces only if it beats the central one.
 """)
 
 code(r'''
 random_model = SimFLE(SimFLEConfig.preset("tiny", masking="random")).eval()
 random_model.load_state_dict(model.state_dict())   # the same weights: only the choice of patches differs
+central = torch.ones(cfg.num_patches)
+central[evaluate.central_patches(cfg.origin_size // cfg.patch_size, cfg.num_visible)] = 0   # 1 = masked
 
 
 def show_masks(semantic, random, title, faces=6):
-    fig, axes = panels(3, faces, 1.5)
+    central_visible = simfle.unpatchify(simfle.patchify(origin, cfg.patch_size) * (1 - central)[:, None],
+                                        cfg.patch_size)
+    fig, axes = panels(4, faces, 1.3)
     for j in range(faces):
         overlay(axes[0, j], origin[j], semantic["maps"][j, semantic["chosen"][j]])
         axes[0, j].set_title(f"group {semantic['chosen'][j].item()}")
         axes[1, j].imshow(to_image(semantic["visible"][j]))
         axes[2, j].imshow(to_image(random["visible"][j]))
-    for row, name in enumerate(("drawn group's map", "semantic: visible", "random: visible")):
+        axes[3, j].imshow(to_image(central_visible[j]))
+    for row, name in enumerate(("drawn group", "semantic", "random", "central")):
         axes[row, 0].set_ylabel(name)
     fig.suptitle(title, fontsize=10)
     plt.show()
@@ -302,20 +374,32 @@ torch.manual_seed(0)
 before_random = random_model.inspect(origin)
 visible = (1 - before["mask"]).sum(1).int()   # mask: 1 = masked
 print(f"visible patches per face: {visible.tolist()} of {cfg.num_patches}")
-show_masks(before, before_random, "12 visible patches of 49, before training")
+show_masks(before, before_random, "the 12 visible patches of 49, before training")
 ''')
 
 md(r"""
 Does semantic masking keep the landmarks visible? The **landmark hit rate** (`eval.landmark_hit_rate`)
 counts the share of a face's landmarks that fall in visible patches, averaged over all 32 groups (training
-draws one at random). Random masking keeps 12 of 49 patches wherever the landmarks are: 24.5 % in expectation.
+draws one at random), on the 300 test faces. Random masking keeps 12 of 49 patches wherever the landmarks
+are: 24.5 % in expectation. The fixed central mask gets whatever share of the landmarks lies in the centre.
 """)
 
 code(r'''
+def hit_rates(hits, when):
+    print(f"landmarks in visible patches, {when}: semantic masking {100 * hits['semantic']:.1f} % "
+          f"(best group {100 * hits['best_group']:.1f} %) | fixed central mask {100 * hits['central']:.1f} % "
+          f"| random masking {100 * hits['random']:.1f} %")
+
+
 hits_before = evaluate.landmark_hit_rate(model, test_faces, "cpu")
-print(f"landmarks in visible patches, untrained model: semantic masking {100 * hits_before['semantic']:.1f} %, "
-      f"random masking {100 * hits_before['random']:.1f} %")
+hit_rates(hits_before, "untrained model")
 ''')
+
+md(r"""
+Semantic masking of the *untrained* model is far above random masking, but only a little above the fixed
+central mask: a random ResNet's map is brightest on the face's middle, where the landmarks are, and that
+alone is most of the effect. What training adds has to be measured against the central mask.
+""")
 
 # ----------------------------------------------------------------------------- 5. FaceMAE
 
@@ -325,23 +409,26 @@ md(r"""
 FaceMAE (`simfle.FaceMAE`) is a masked autoencoder: a ViT encoder runs on the 12 visible patches only (plus
 a CLS token), a light decoder gets the encoded patches back in place, with a learned mask token for each of
 the 37 masked ones, and predicts every patch's pixels. The loss (`simfle.reconstruction_loss`) is the mean
-squared error on the **masked patches only**, against per-patch normalised pixels (MAE's "norm-pix" loss).
+squared error on the **masked patches only**, against **norm-pix targets**: each patch's pixels minus the
+patch's mean, over its standard deviation (`simfle.norm_pix_targets`, MAE's "norm-pix" loss).
 
-As in MAE's figures, `inspect` de-normalises each predicted patch with the true patch's mean and spread, so
-the colours are right even before training: what FaceMAE has to learn is the structure *inside* each
-patch. Untrained, that structure is noise.
+So FaceMAE never predicts a patch's colour or brightness, only its structure. To draw a prediction as an
+image, `inspect` un-normalises each predicted patch with the **true** patch's mean and standard deviation,
+as MAE's own demo does: the colours in the reconstruction row are the original's, even before training,
+and only the structure inside each masked patch is FaceMAE's. Untrained, that structure is noise.
 """)
 
 code(r'''
 def show_reconstruction(out, title, faces=6):
-    fig, axes = panels(3, faces, 1.5)
+    fig, axes = panels(3, faces, 1.3)
     for j in range(faces):
         axes[0, j].imshow(to_image(out["visible"][j]))
         axes[1, j].imshow(to_image(out["reconstruction"][j]))
         axes[2, j].imshow(to_image(origin[j]))
     for row, name in enumerate(("masked input", "reconstruction", "original")):
         axes[row, 0].set_ylabel(name)
-    fig.suptitle(f"{title}: masked-patch loss {out['loss'].item():.3f}", fontsize=10)
+    fig.suptitle(f"{title}: masked-patch loss {out['loss'].item():.3f}\nmasked patches: prediction × true patch std "
+                 "+ true patch mean (MAE's demo); visible patches: the original", fontsize=9)
     plt.show()
 
 
@@ -353,29 +440,36 @@ show_reconstruction(before, "FaceMAE before training")
 # ----------------------------------------------------------------------------- 6. GFL, EMA, distillation
 
 md(r"""
-## 6. The GFL loss (BYOL), the EMA target, and the distillation
+## 6. The GFL loss (BYOL), the EMA target, the distillation, and which loss trains what
 
 **GFL** is BYOL: the *online* network (backbone → projector → predictor) predicts, from view 1, the
 *target* network's projection of view 2, and the other way round. The loss is `simfle.byol_loss`,
 2 − 2·cos(p, z'), which is 0 when the two point the same way. Below, the loss for every pair (face i's
 view 1, face j's view 2): the diagonal pairs are two views of the same face. BYOL only ever pulls the
 diagonal down; nothing pushes the other pairs apart. The asymmetry (a predictor on one side, a slowly
-moving target on the other) is what keeps it from collapsing to a constant.
+moving target on the other) is what keeps it from collapsing to a constant. Before training, every pair
+scores about the same: the untrained networks give every face nearly the same output (the cosine between two
+faces' predictions, and between their targets, is near 1), so nothing yet tells one face from another.
 """)
 
 code(r'''
 @torch.no_grad()
 def byol_pairs(model):
-    """sim(p_i, z'_j) for face i's view-1 prediction and face j's view-2 target projection: (B, B)."""
+    """sim(p_i, z'_j) for face i's view-1 prediction and face j's view-2 target projection: (B, B); and how alike
+    the faces' predictions are, and their targets (mean cosine between two different faces)."""
     views = torch.cat([view1, view2])
     z1, z2 = model.projector(model.backbone(views)).chunk(2)
     p1, _ = model.predictor(torch.cat([z1, z2])).chunk(2)
     _, t2 = model.target_projector(model.target_backbone(views)).chunk(2)
-    return simfle.byol_loss(p1[:, None], t2[None])   # broadcast to (B, B)
+
+    def alike(x):
+        x = torch.nn.functional.normalize(x, dim=1)
+        return (((x @ x.T).sum() - len(x)) / (len(x) * (len(x) - 1))).item()
+    return simfle.byol_loss(p1[:, None], t2[None]), alike(p1), alike(t2)   # broadcast to (B, B)
 
 
 def show_pairs(pairs, title):
-    fig, ax = plt.subplots(figsize=(3.4, 3))
+    fig, ax = plt.subplots(figsize=(3.6, 3.1))
     im = ax.imshow(pairs, cmap="viridis")
     fig.colorbar(im, ax=ax)
     ax.set_xlabel("face j, view 2 (target)"), ax.set_ylabel("face i, view 1 (online)")
@@ -383,14 +477,17 @@ def show_pairs(pairs, title):
     others = (pairs.sum() - pairs.diag().sum()).item() / (pairs.numel() - len(pairs))
     ax.set_title(f"{title}\nsame face {diagonal:.2f}, other faces {others:.2f}")
     plt.show()
+    return diagonal, others
 
 
-pairs = byol_pairs(model)
+pairs, alike_p, alike_t = byol_pairs(model)
 with torch.no_grad():
     L_s = model.gfl_loss(torch.cat([view1, view2]), model.backbone(torch.cat([view1, view2]))).item()
 print(f"L_s = model.gfl_loss = {L_s:.4f}: sim(p1, z2') + sim(p2, z1'), averaged over the faces; "
       f"the diagonal below is its first term, mean {pairs.diag().mean().item():.4f}")
-show_pairs(pairs, "BYOL loss before training")
+same, others = show_pairs(pairs, "BYOL loss before training")
+print(f"same face {same:.3f} vs other faces {others:.3f}; cosine between two different faces' predictions "
+      f"{alike_p:.3f}, between their targets {alike_t:.3f} (1 = the same vector for every face)")
 ''')
 
 md(r"""
@@ -418,9 +515,14 @@ md(r"""
 **Distillation** ties the branches together. A D-projector maps the ResNet's pooled features of each view
 to u1 and u2; another maps the mean of FaceMAE's encoder tokens to v. Their average t = (u1 + u2 + v)/3,
 with no gradient, is the teacher, and each of the three is pulled towards it with a temperature-softened
-KL divergence (`simfle.distillation_loss`, T = 4). Because argsort is not differentiable and the FFL
-branch sees the backbone's map without gradient, this is the **only path** by which what FaceMAE learns
-about fine facial detail reaches the ResNet.
+KL divergence (`simfle.distillation_loss`, T = 4).
+
+The total loss is **L = L_s + L_r + α·L_d + β·L_g** with α = 0.3 and β = 0.03; as in the reference code, the
+grouping term is l_g² (the model's `grouping` part), so the fourth term is β·l_g². Which of the four terms
+reach the ResNet? Read `SimFLE.ffl`: the feature map that feeds grouping and masking is taken under
+`torch.no_grad()`, and argsort (which patches stay visible) has no gradient. The cell below measures it:
+one term at a time (the other weights set to 0), one backward pass, and the size of the gradient that lands
+in the backbone, the grouping layer and FaceMAE.
 """)
 
 code(r'''
@@ -433,16 +535,53 @@ with torch.no_grad():
     torch.manual_seed(0)
     _, parts = model(origin, view1, view2)   # the model's own forward, same random group draw
 print(f"L_d = {L_d.item():.5f}; the model's forward reports {parts['distillation'].item():.5f}")
-print("total loss L = L_s + L_r + 0.3 L_d + 0.03 L_g:", {k: round(x.item(), 4) for k, x in parts.items()})
 
-fig, ax = plt.subplots(figsize=(7, 2.4))
-for w, name in ((u1, "u1 (view 1)"), (u2, "u2 (view 2)"), (v, "v (FaceMAE)"), (t, "t (teacher)")):
-    ax.plot(torch.softmax(w[0] / cfg.kd_temperature, 0), label=name, lw=1.6 if name[0] == "t" else 0.9)
-ax.set_xlabel("output dimension"), ax.set_ylabel("softmax(· / T)")
-ax.set_title("the three distributions distillation pulls together (face 0, before training)")
-ax.legend(ncol=4, fontsize=7)
+terms = weighted_terms(parts)
+print("the weighted terms: " + ", ".join(f"{k} {x:.4g}" for k, x in terms.items()))
+print(f"L_s + L_r + alpha*L_d + beta*l_g^2 = {sum(terms[k] for k in ('L_s', 'L_r', 'alpha*L_d', 'beta*l_g^2')):.4g}"
+      f" = the model's total {terms['total']:.4g}; beta*l_g^2 is {100 * terms['beta*l_g^2'] / terms['total']:.2f} % of it")
+
+WEIGHT = {"L_s": "sim_weight", "L_r": "recon_weight", "alpha*L_d": "alpha", "beta*l_g^2": "beta"}
+
+
+def gradient_reach(term):
+    """The gradient norm that one weighted term alone sends into the backbone, the grouping layer and FaceMAE."""
+    weights = {w: 0.0 for w in WEIGHT.values()}
+    weights[WEIGHT[term]] = getattr(cfg, WEIGHT[term])
+    only = SimFLE(SimFLEConfig.preset("tiny", **weights))
+    only.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    loss, _ = only.train()(origin, view1, view2)
+    loss.backward()
+    return {part: sum(p.grad.norm().item() ** 2 for p in getattr(only, part).parameters() if p.grad is not None) ** 0.5
+            for part in ("backbone", "grouping", "facemae")}
+
+
+reach = {term: gradient_reach(term) for term in WEIGHT}
+reaches_backbone = {term: r["backbone"] > 0 for term, r in reach.items()}
+for term, r in reach.items():
+    print(f"{term:11s} {terms[term]:10.4g}   gradient norm into backbone {r['backbone']:.3g}, "
+          f"grouping layer {r['grouping']:.3g}, FaceMAE {r['facemae']:.3g}")
+
+fig, ax = plt.subplots(figsize=(6.4, 2.2))
+names = list(WEIGHT)
+ax.barh(names, [terms[k] for k in names], color=["tab:blue" if reaches_backbone[k] else "tab:gray" for k in names])
+ax.set_xscale("log"), ax.invert_yaxis()
+ax.set_xlabel("value at initialisation (log scale)")
+ax.set_title("the four terms of the total loss: blue reaches the backbone, grey does not")
+for y, k in enumerate(names):
+    ax.text(terms[k], y, f" {terms[k]:.3g}", va="center")
 plt.show()
 ''')
+
+md(r"""
+The grouping term is almost all of the total (l_g ≈ 254 at the start, squared and times β), yet it
+trains **only the grouping layer**: its gradient reaches neither the backbone nor FaceMAE. The
+reconstruction trains FaceMAE alone. The backbone learns from **L_s and α·L_d only**, two terms that are a
+fraction of a percent of the total; distillation is the only path by which what FaceMAE learns about fine
+facial detail reaches the ResNet. Because each term trains its own parameters, the size of the total says
+little: watch each term on its own.
+""")
 
 # ----------------------------------------------------------------------------- 7. pretraining
 
@@ -453,6 +592,7 @@ The training loop is the one of `train.py`, in a few lines: SGD with momentum 0.
 the paper's learning rate 0.05 × batch / 256, the model returns its own loss, and the EMA target follows
 after every step. Here: 60 steps of 16 faces (about a minute on a laptop CPU), constant learning rate.
 A real run (`python train.py`) is longer and adds the cosine schedule, checkpoints and a k-NN monitor.
+The log holds the four weighted terms of the total, l_g itself, and how far the EMA target lags behind.
 """)
 
 code(r'''
@@ -460,7 +600,7 @@ STEPS, BATCH = 60, 16
 
 
 def pretrain(model, steps, batch_size=BATCH, seed=0):
-    """A short version of train.py's loop. Returns the loss parts of every step."""
+    """A short version of train.py's loop. Returns the model and, for every step, the weighted loss terms."""
     torch.manual_seed(seed)
     views = data.PretrainView(train_faces, model.config.view_size, model.config.origin_size, seed=seed)
     loader = DataLoader(views, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=data.collate,
@@ -477,13 +617,13 @@ def pretrain(model, steps, batch_size=BATCH, seed=0):
             loss.backward()
             optimizer.step()
             model.update_target()   # EMA after every optimizer step
-            record = {k: x.item() for k, x in parts.items()}
+            record = weighted_terms(parts, model.config)
             if model.target_backbone is not None:   # how far the EMA target lags behind
                 record["online - target"] = (torch.nn.utils.parameters_to_vector(model.backbone.parameters())
                                              - torch.nn.utils.parameters_to_vector(model.target_backbone.parameters())).norm().item()
             history.append(record)
-            if len(history) % 20 == 0:
-                print(f"step {len(history):3d}: " + ", ".join(f"{k} {x:.3f}" for k, x in record.items()))
+            if len(history) in (1, 20, 40, steps):
+                print(f"step {len(history):3d}: " + ", ".join(f"{k} {x:.4g}" for k, x in record.items()))
             if len(history) == steps:
                 break
         epoch += 1
@@ -494,25 +634,33 @@ model, history = pretrain(model, STEPS)
 ''')
 
 code(r'''
-names = [k for k in history[0]]
-fig, axes = plt.subplots(1, len(names), figsize=(2.3 * len(names), 2.3))
-for ax, name in zip(axes, names):
-    ax.plot([h[name] for h in history])
-    ax.set_title(name), ax.set_xlabel("step")
-    if name in ("grouping", "total"):
-        ax.set_yscale("log")
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.8))
+for name in WEIGHT:
+    axes[0].plot([h[name] for h in history], label=name, ls="-" if reaches_backbone[name] else "--")
+axes[0].set_yscale("log"), axes[0].set_xlabel("step")
+axes[0].set_title("the weighted terms (solid: reach the backbone)")
+axes[0].legend(ncol=2)
+axes[1].plot([h["l_g"] for h in history], color="tab:red")
+axes[1].set_title("l_g, the paper's grouping loss"), axes[1].set_xlabel("step")
+axes[2].plot([h["online - target"] for h in history], color="tab:purple")
+axes[2].set_title("online − target (parameter distance)"), axes[2].set_xlabel("step")
 plt.tight_layout()
 plt.show()
+first, last = history[0], history[-1]
+print(f"step 1 -> {STEPS}: L_s {first['L_s']:.3f} -> {last['L_s']:.3f}, L_r {first['L_r']:.3f} -> {last['L_r']:.3f}, "
+      f"l_g {first['l_g']:.1f} -> {last['l_g']:.1f}; beta*l_g^2 is {100 * last['beta*l_g^2'] / last['total']:.1f} % "
+      f"of the total at step {STEPS}")
 ''')
 
 md(r"""
-How to read the curves: the BYOL **similarity** drops within the first steps and then levels off;
-**reconstruction** and **distillation** fall slowly. The **grouping** loss starts at its largest value
-(every channel identical, S all ones) and dominates the total: it is the paper's l_g squared, as the
-reference code minimises it, times β = 0.03. It falls once training breaks the symmetry between the
-channels, and jumps about while the groups sort themselves out. **Online − target** is the distance between
-the online backbone and its EMA copy: it grows while the online network moves and the target trails 1 % per
-step behind, and shrinks as the online network slows down.
+How to read the curves. On the left, β·l_g² sits more than two orders of magnitude above the rest the
+whole time: it *is* the total, and it trains only the grouping layer. The terms that reach the backbone are
+L_s (BYOL), which drops within the first steps and then levels off, and α·L_d, the smallest of all;
+L_r falls slowly and trains FaceMAE. In the middle, **l_g** itself: it stays at 254 (all channels alike)
+until training breaks the symmetry between the channels, then falls and jumps about while the groups
+sort themselves out. On the right, **online − target** is the distance between the online backbone and its
+EMA copy: it grows while the online network moves and the target trails 1 % per step behind, and levels
+off or shrinks as the online network slows down.
 
 ### What changed after 60 steps
 
@@ -525,29 +673,67 @@ after = model.inspect(origin)
 random_model.load_state_dict(model.state_dict())
 torch.manual_seed(0)
 after_random = random_model.inspect(origin)
-print(f"largest difference between two groups' maps: {(after['maps'] - after['maps'][:, :1]).abs().max().item():.3g}")
-show_groups(after, f"group attention maps after {STEPS} steps")
-show_similarity(model, f"after {STEPS} steps")
+corr_after, distinct_after = group_spread(after)
+print(f"correlation between two groups' maps: {corr_after:.4f} or more; "
+      f"different masks among the 32 groups, per face: {distinct_after}")
+show_groups(after, f"group attention maps after {STEPS} steps: still one shape (correlation {corr_after:.2f})")
+l_g_after = show_similarity(model, f"after {STEPS} steps")
+print(f"l_g on these 8 faces: {l_g_before:.1f} before training, {l_g_after:.1f} after {STEPS} steps")
+''')
+
+md(r"""
+S is no longer all ones and l_g has fallen: the channels have begun to differ from one another. But not
+yet by group: S shows no blocks like T's, and the sum of a group's 16 channels, its map, still has the shape
+of every other group's (each map above is scaled to its own range, so only its shape shows). The
+correlation between two groups' maps is still near 1, and for each face the 32 groups give one or a few
+different masks, not 32. Does the landmark hit rate move? Below, each group's hit rate before and after,
+against the two controls:
+""")
+
+code(r'''
 hits_after = evaluate.landmark_hit_rate(model, test_faces, "cpu")
-print(f"landmarks in visible patches: {100 * hits_before['semantic']:.1f} % before training, "
-      f"{100 * hits_after['semantic']:.1f} % after {STEPS} steps (random masking {100 * hits_after['random']:.1f} %)")
+hit_rates(hits_before, "before training")
+hit_rates(hits_after, f"after {STEPS} steps")
+
+fig, ax = plt.subplots(figsize=(8, 2.6))
+x = torch.arange(cfg.groups)
+ax.bar(x - 0.2, [100 * h for h in hits_before["per_group"]], 0.4, label="before training", color="tab:gray")
+ax.bar(x + 0.2, [100 * h for h in hits_after["per_group"]], 0.4, label=f"after {STEPS} steps", color="tab:blue")
+ax.axhline(100 * hits_before["central"], color="tab:green", ls="--", label="fixed central mask")
+ax.axhline(100 * hits_before["random"], color="tab:red", ls=":", label="random masking")
+ax.set_xlabel("group"), ax.set_ylabel("landmarks visible (%)"), ax.set_ylim(0, 80)
+ax.set_title("landmark hit rate of each group's mask, test faces")
+ax.legend(ncol=4, loc="upper center")
+plt.show()
 ''')
 
 code(r'''
 show_masks(after, after_random, f"visible patches after {STEPS} steps")
 show_reconstruction(after, f"FaceMAE after {STEPS} steps")
-show_pairs(byol_pairs(model), f"BYOL loss after {STEPS} steps")
+pairs, alike_p, alike_t = byol_pairs(model)
+same, others = show_pairs(pairs, f"BYOL loss after {STEPS} steps")
+print(f"same face {same:.3f} vs other faces {others:.3f}; cosine between two different faces' predictions "
+      f"{alike_p:.3f}, between their targets {alike_t:.3f} (1 = the same vector for every face)")
 ''')
 
 md(r"""
-Sixty steps are a glimpse, not a result. The channels have begun to split into blocks that fire
-differently (S is no longer all ones) and the group maps now differ, but nothing yet ties a group to a
-landmark, and the landmark hit rate has hardly moved. Over the quick start's longer run it *falls* (from
-46 % towards 33 %): the trained backbone's maps lose their focus on the landmarks, and many groups settle off
-them (the README's *Evidence* section measures why). Fifteen times longer (30 epochs) it climbs back, to
-the untrained level on average (45 %, three seeds) and 54 % in the best group. The reconstructions are still blurry. The paper trains for 100
-epochs; `python train.py` runs the `tiny` preset for 2 epochs on 4000 synthetic faces (the README gives its
-time and numbers, and `benchmarks/README.md` follows the hit rate over both runs).
+The BYOL matrix after 60 steps is **not** the picture section 6 explains (a dark diagonal: each face's
+two views agree, other faces do not), and the printed cosines say why. The targets have spread apart (the
+cosine between two faces' targets has fallen far from 1), but the predictions have not: the online network
+still makes nearly one prediction for every face, the one that matches all the targets best on average.
+So every row is nearly the same, and each column, one target, gets the same score from all the rows:
+column stripes. The similarity loss fell by more than half by learning what all the targets share,
+not what tells faces apart; the diagonal (same face) is only slightly below the rest. Pulling each face's
+own pair down is what longer training does (and what the linear probe of section 8 measures).
+
+Sixty steps are a glimpse, not a result. The channels have begun to separate, but nothing yet ties a group
+to a landmark, and the landmark hit rate has hardly moved; it stays near the fixed central mask. Over the
+quick start's longer run it *falls* (from 46 % towards 33 %): the trained backbone's maps lose their focus
+on the landmarks, and many groups settle off them (the README's *Evidence* section measures why). Fifteen
+times longer (30 epochs) it climbs back, to the untrained level on average (45 %, three seeds) and 54 % in
+the best group. The reconstructions are still blurry. The paper trains for 100 epochs; `python train.py`
+runs the `tiny` preset for 2 epochs on 4000 synthetic faces (the README gives its time and numbers, and
+`benchmarks/README.md` follows the hit rate over both runs).
 """)
 
 # ----------------------------------------------------------------------------- 8. probes
@@ -558,29 +744,37 @@ md(r"""
 Only the trunk is kept. The paper's test is a **linear probe**: the trunk is frozen and a linear
 classifier is trained on its pooled features (`eval.linear_probe`). To keep the notebook quick, the probe
 trains on cached features of un-augmented faces for 20 epochs (`features="cached"`, not the paper's
-protocol), on 500 training and 300 test faces. The baseline is the same ResNet at random initialisation.
+protocol), on 500 training and 300 test faces. Two baselines, both the same ResNet at random
+initialisation: **random** as it is built, its BatchNorm layers at mean 0 and variance 1 (in eval mode they
+do nothing: an unnormalised random network), and **random + BN statistics**, the same weights with BatchNorm
+statistics recomputed on the training faces (`eval.recompute_batchnorm`). A pretrained trunk has BatchNorm
+statistics of faces, so the second is the fair baseline: it tells what training changed in the weights
+from what it changed in the statistics alone.
 """)
 
 code(r'''
 torch.manual_seed(0)
-trunks = {"random": simfle.Backbone(cfg.backbone, cfg.stem),
+random_trunk = simfle.Backbone(cfg.backbone, cfg.stem, cfg.width)
+trunks = {"random": random_trunk,
+          "random + BN statistics": evaluate.recompute_batchnorm(copy.deepcopy(random_trunk), train_faces,
+                                                                 cfg.view_size, "cpu"),
           "pretrained": copy.deepcopy(model.trunk())}   # a copy: the probe freezes what it is given
 reports = {}
 for name, trunk in trunks.items():
     reports[name], _ = evaluate.linear_probe(trunk, train_faces, test_faces, cfg.view_size, "cpu", epochs=20,
                                              batch_size=128, features="cached", seed=0)
-    print(f"{name:10s} trunk: accuracy {100 * reports[name]['accuracy']:.1f} %, mean class accuracy "
+    print(f"{name:22s} trunk: accuracy {100 * reports[name]['accuracy']:.1f} %, mean class accuracy "
           f"{100 * reports[name]['mean_class_accuracy']:.1f} % (chance {100 / len(test_faces.classes):.1f} %)")
 
 classes = test_faces.classes
-fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.8))
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
 for ax, (name, report) in zip(axes, reports.items()):
     m = torch.tensor(report["confusion"], dtype=torch.float)
     m = m / m.sum(1, keepdim=True).clamp(min=1)   # rows: true class, as fractions
     ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if m[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -595,42 +789,35 @@ The paper claims that SimFLE's features **localise facial landmarks** better. Th
 (`eval.landmark_probe`) measures it: a ridge regression from the frozen trunk's last feature map to the
 landmark coordinates, its strength chosen on a tenth of the training faces, scored by the normalised mean
 error (NME: mean landmark error over the distance between the outer eye corners) on the test faces, next
-to the error of always guessing the mean face shape. To draw the predictions, the same regression is fitted
-again with `eval.feature_maps` and `eval.ridge`.
+to the error of always guessing the mean face shape (the dashed line: every trunk's map must beat it).
 """)
 
 code(r'''
-landmark_reports, predicted = {}, {}
+landmark_reports = {}
 for name, trunk in trunks.items():
     landmark_reports[name] = r = evaluate.landmark_probe(trunk, train_faces, test_faces, cfg.origin_size, "cpu", seed=0)
-    print(f"{name:10s} trunk: NME {100 * r['nme']:.1f} % (mean shape: {100 * r['nme_mean_shape']:.1f} %)")
-    x, y = evaluate.feature_maps(trunk, train_faces, cfg.origin_size, "cpu")      # (n, C*h*w), (n, L, 2) in [0, 1]
-    test_x, test_y = evaluate.feature_maps(trunk, test_faces, cfg.origin_size, "cpu")
-    fit = evaluate.ridge(x, y.flatten(1), r["ridge_lambda"] * x.pow(2).sum(1).mean().item())
-    predicted[name] = fit(test_x).view_as(test_y)
+    print(f"{name:22s} trunk: NME {100 * r['nme']:.1f} % (mean shape: {100 * r['nme_mean_shape']:.1f} %)")
 
-fig, axes = panels(2, 6, 1.6)
-for row, name in enumerate(trunks):
-    for j in range(6):
-        ax = axes[row, j]
-        ax.imshow(test_faces[j][0].permute(1, 2, 0))
-        size = cfg.origin_size
-        ax.scatter(*(test_y[j] * size).T, s=8, c="lime", edgecolors="black", linewidths=0.3)
-        ax.scatter(*(predicted[name][j] * size).T, s=9, c="red", marker="x", linewidths=0.8)
-    axes[row, 0].set_ylabel(f"{name} trunk")
-fig.suptitle("landmarks on test faces: true (green dots), predicted by the landmark probe (red crosses)", fontsize=9)
+fig, ax = plt.subplots(figsize=(6.4, 1.9))
+names = list(landmark_reports)
+ax.barh(names, [100 * landmark_reports[n]["nme"] for n in names], color=["tab:gray", "tab:olive", "tab:blue"])
+ax.axvline(100 * r["nme_mean_shape"], color="black", ls="--", label="always the mean face shape")
+ax.invert_yaxis(), ax.legend(loc="lower right")
+ax.set_xlabel("landmark error on the test faces, NME (%): lower is better")
+ax.set_title("landmark probe of each trunk's last feature map")
 plt.show()
 ''')
 
 md(r"""
 After one minute of pretraining, do not expect the pretrained trunk to beat the random one on either
-probe. A freshly initialised ResNet is a strong baseline here: its BatchNorm layers still hold mean 0 and
-variance 1, so it is an unnormalised random network, and on aligned faces its pooled features and its
-feature map already carry much of the expression and the landmark positions. A trained trunk has BatchNorm
-statistics of real faces and must learn its way back above that (the README's quick start and evidence
-sections measure both). The comparison becomes meaningful after a real run:
-`python train.py` ends with the same linear probe of its trunk against a random one, and
-`python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks` runs the landmark probe.
+probe. The plain random trunk is the strongest of the three here: on aligned faces, an unnormalised random
+ResNet's pooled features and feature map already carry much of the expression and the landmark positions.
+Giving the same random weights BatchNorm statistics of faces makes both probes *worse*: part of what looks
+like a loss from training is the change of statistics alone. So the pretrained trunk has to be read against
+the random trunk with BN statistics; after 60 steps the two are still close. The comparison becomes
+meaningful after a real run: `python train.py` ends with the same linear probe of its trunk against the
+random ones, and `python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks` runs the landmark
+probe (the README's quick start and evidence sections give both).
 """)
 
 # ----------------------------------------------------------------------------- 9. exercises
@@ -638,28 +825,177 @@ sections measure both). The comparison becomes meaningful after a real run:
 md(r"""
 ## 9. Exercises
 
-Each one is a change to the configuration (`SimFLEConfig.preset("tiny", ...)`), a new `SimFLE`, and the
-`pretrain` function of section 7. Compare the loss curves and the pictures with the ones above; for numbers
-you can trust, use `train.py` with the same option (every field of the config is a command-line option:
-`python train.py --help`) and `eval.py`.
+**Implement it.** Five pieces of the paper, each a function of `simfle.py` that you write yourself from the
+paper's description. Fill in the stub (replace `raise NotImplementedError`), run its cell, then run the
+checker below it: `exercises.check` runs the project's meaning tests (those of `tests/test_simfle.py`:
+exact mask counts, which patches stay visible, the EMA formula, the reference values of each loss) against
+*your* function and prints **PASS**, or each failing case with what it expected and what it got. Until you
+fill a stub in, its checker says **NOT DONE**. The answers are in `tutorial_solutions.py`; peek only after
+trying. The stars grade the difficulty.
+""")
 
-1. **The mask ratio.** `SimFLEConfig.preset("tiny", mask_ratio=0.5)` keeps 24 patches visible instead of 12,
-   `0.9` keeps 4. Look at the reconstructions and at the reconstruction loss: how much of the face does
-   FaceMAE need? Why should the task stay hard for the encoder to learn landmark features?
-2. **Semantic or random masking.** Train a `masking="random"` model next to the default for the same number
-   of steps (`python train.py --masking random`). Which patches does each keep visible, and does the linear
-   probe tell them apart after a real run? This is the paper's ablation.
-3. **The number of groups.** `groups=8` or `groups=128` (it must divide the 512 channels of ResNet-18).
-   Fewer groups mean broader group maps; look at `show_groups` and at the S matrix after training. How long
-   does the grouping loss take to leave its starting value?
-4. **Another GFL method.** `gfl="simclr"` (or `"barlow"`): the paper says GFL is modular. SimCLR has no
-   predictor and no target network (`model.target_backbone is None`): its loss needs negatives, the other
-   faces of the batch. How does its similarity curve compare with BYOL's, and what happens with a batch of 4?
-5. **FaceMAE off.** `use_facemae=False` leaves the GFL method alone, the baseline SimFLE is meant to beat:
-   no grouping, no masking, no distillation. Compare the linear and landmark probes of both after
-   `python train.py --use-facemae false` and after the default run.
-6. **The EMA momentum.** `ema=0.0` makes the target a copy of the online network at every step, `ema=1.0`
-   freezes it. Watch the similarity and online − target curves: which one collapses, which one stalls?
+code(r'''
+import torch.nn.functional as F   # for your solutions
+
+import exercises                  # the checkers
+''')
+
+md(r"""
+### Exercise 1 ★★ — keep the most activated patches (semantic masking)
+
+Section 4's last step: given one score per patch, keep the `num_keep` best visible and mask the rest, with
+MAE's bookkeeping. `ids_keep` are the kept patches, best first; `mask` is 1 for a masked patch, 0 for a
+visible one, in the image's patch order; `ids_restore` is the permutation that puts the decoder's tokens
+(the kept ones first, then the masked ones) back in image order. *Hint:* `torch.argsort` twice.
+""")
+
+exercise("keep_top_patches", r'''
+def keep_top_patches(scores, num_keep):
+    """scores (B,N) -> ids_keep (B,K), mask (B,N) with 1 = masked, ids_restore (B,N)."""
+    raise NotImplementedError  # your code here
+''')
+
+code(r'''
+exercises.check(keep_top_patches)
+''')
+
+md(r"""
+### Exercise 2 ★ — the grouping loss
+
+Section 3's l_g = 0.001 · Σ (S − T)² / (C/512)², where S is the (C, C) channel similarity matrix and T is
+block-diagonal with `groups` blocks of ones (C/groups channels each). *Hint:* `torch.block_diag`. The
+checker also asks for the value with every channel alike: the l_g = 254 of section 3.
+""")
+
+exercise("grouping_loss", r'''
+def grouping_loss(sim, groups):
+    """S (C,C), G groups -> the scalar l_g."""
+    raise NotImplementedError  # your code here
+''')
+
+code(r'''
+exercises.check(grouping_loss)
+''')
+
+md(r"""
+### Exercise 3 ★ — the EMA target
+
+Section 6's update after every optimizer step: every parameter of `target` becomes m·target + (1 − m)·online,
+in place, without building an autograd graph, and without touching `online`. *Hint:* `torch.no_grad()` and
+`zip(online.parameters(), target.parameters())`.
+""")
+
+exercise("ema_update", r'''
+def ema_update(online, target, m):
+    """Move every parameter of the module `target` towards the module `online`: target = m*target + (1-m)*online."""
+    raise NotImplementedError  # your code here
+''')
+
+code(r'''
+exercises.check(ema_update)
+''')
+
+md(r"""
+### Exercise 4 ★★ — the distillation loss
+
+Section 6's KD(w, t) = T² · KL(softmax(t/T) ‖ softmax(w/T)), averaged over the batch: the teacher t is the
+first argument of the KL. *Hint:* `F.kl_div` takes the student's *log*-probabilities first; mind its
+`reduction`. The T² keeps the gradient's size independent of T (Hinton et al.).
+""")
+
+exercise("distillation_loss", r'''
+def distillation_loss(w, t, temperature):
+    """Student logits w (B,d), teacher logits t (B,d), temperature T -> the scalar KD loss."""
+    raise NotImplementedError  # your code here
+''')
+
+code(r'''
+exercises.check(distillation_loss)
+''')
+
+md(r"""
+### Exercise 5 ★★ — the norm-pix targets
+
+Section 5's targets of FaceMAE: cut the images into p×p patches in MAE's order (`simfle.patchify`), then
+normalise each patch by its own mean and variance: (t − mean) / (var + 1e-6)^½, with the variance of
+`torch.var` (as MAE). Return the targets and each patch's mean and variance: section 5's reconstruction
+figure un-normalises the predictions with them.
+""")
+
+exercise("norm_pix_targets", r'''
+def norm_pix_targets(imgs, p):
+    """(B,3,H,W) -> targets (B,N,p*p*3), mean (B,N,1), var (B,N,1)."""
+    raise NotImplementedError  # your code here
+''')
+
+code(r'''
+exercises.check(norm_pix_targets)
+''')
+
+md(rf"""
+### Measurement questions
+
+Answer each from section 7's log, `history` (one dict per step with the keys `L_s`, `L_r`, `alpha*L_d`,
+`beta*l_g^2`, `l_g`, `total`), by writing the function that computes it; `exercises.check_measurement` says
+whether your number lies in the range expected after 60 steps (measured with the notebook's code for the
+training seeds 0, 1 and 2: the model's initialisation and the batches).
+
+**M1.** What share of the total loss at the last step is β·l_g²? Expected: **{expected("grouping_share")}**.
+What does that say about reading the total loss as a progress bar?
+
+**M2.** By what factor has l_g (not its square) fallen from the first step to the last, l_g(60) / l_g(1)?
+Expected: **{expected("grouping_fall")}**. Is that the end of it? Look at the middle panel of section 7's curves.
+
+**M3.** What share of the total loss at the last step sends a gradient into the backbone? Section 6 measured
+which terms do. Expected: **{expected("backbone_share")}**.
+""")
+
+exercise("grouping_share", r'''
+def grouping_share(history):
+    """M1: beta*l_g^2 over the total, at the last step."""
+    raise NotImplementedError  # your measurement here
+''')
+
+code(r'''
+exercises.check_measurement(grouping_share, history)
+''')
+
+exercise("grouping_fall", r'''
+def grouping_fall(history):
+    """M2: l_g at the last step over l_g at the first."""
+    raise NotImplementedError  # your measurement here
+''')
+
+code(r'''
+exercises.check_measurement(grouping_fall, history)
+''')
+
+exercise("backbone_share", r'''
+def backbone_share(history):
+    """M3: the share of the last step's total loss whose gradient reaches the backbone."""
+    raise NotImplementedError  # your measurement here
+''')
+
+code(r'''
+exercises.check_measurement(backbone_share, history)
+''')
+
+md(r"""
+### Going further: change the recipe
+
+Each is a change to the configuration (`SimFLEConfig.preset("tiny", ...)`), a new `SimFLE` and the `pretrain`
+function of section 7; for numbers you can trust, use `train.py` with the same option (`python train.py
+--help` lists every field of the config) and `eval.py`.
+
+* **The mask ratio.** `mask_ratio=0.5` keeps 24 patches visible, `0.9` keeps 4. How much of the face does
+  FaceMAE need, and why should the task stay hard?
+* **Semantic or random masking.** `masking="random"` is the paper's ablation: does the linear probe tell
+  the two apart after a real run (`python train.py --masking random`)?
+* **The number of groups.** `groups=8` or `groups=128`: does `group_spread` find more distinct masks?
+* **Another GFL method.** `gfl="simclr"` has no predictor and no target: its loss needs the other faces of
+  the batch as negatives. Does its matrix of pairs show the column stripes of BYOL's?
+* **The EMA momentum.** `ema=0.0` copies the online network every step, `ema=1.0` freezes the target.
+  Which one collapses (the cosine between two faces' predictions goes to 1), which one stalls?
 
 ```python
 variant = SimFLE(SimFLEConfig.preset("tiny", mask_ratio=0.5))
@@ -669,12 +1005,28 @@ show_reconstruction(variant.inspect(origin), "mask ratio 0.5")
 ```
 """)
 
-
 # ----------------------------------------------------------------------------- build / execute
 
 
-def build():
-    nb = new_notebook(cells=CELLS)
+def solution_source(name):
+    """The source of the function `name` in tutorial_solutions.py, its decorators included."""
+    with open(SOLUTIONS) as f:
+        source = f.read()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            return "\n".join(source.splitlines()[start - 1:node.end_lineno])
+    raise KeyError(f"tutorial_solutions.py has no function {name!r}")
+
+
+def build(solutions=False):
+    """The notebook; with solutions=True every exercise stub is replaced by its solution."""
+    cells = copy.deepcopy(CELLS)
+    if solutions:
+        for cell in cells:
+            if "exercise" in cell.metadata:
+                cell.source = solution_source(cell.metadata["exercise"])
+    nb = new_notebook(cells=cells)
     nb.metadata.update({
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
@@ -707,16 +1059,21 @@ def execute(nb, timeout=600):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--execute", action="store_true", help="run the notebook and keep its outputs")
-    p.add_argument("--out", default=NOTEBOOK, help="where to write the notebook")
+    p.add_argument("--solutions", action="store_true",
+                   help="put tutorial_solutions.py's answers in place of the exercise stubs (write it elsewhere: --out)")
+    p.add_argument("--out", default=None, help="where to write the notebook (default: tutorial.ipynb)")
     args = p.parse_args(argv)
-    nb = build()
+    out = args.out or NOTEBOOK
+    if args.solutions and os.path.abspath(out) == NOTEBOOK:
+        p.error("--solutions would overwrite the students' tutorial.ipynb: give --out")
+    nb = build(solutions=args.solutions)
     if args.execute:
         t0 = time.time()
         execute(nb)
         print(f"executed in {time.time() - t0:.0f} s")
     nbformat.validate(nb)
-    nbformat.write(nb, args.out)
-    print(f"wrote {args.out}")
+    nbformat.write(nb, out)
+    print(f"wrote {out}")
     return 0
 
 

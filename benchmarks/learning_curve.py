@@ -1,0 +1,504 @@
+"""
+Does pretraining learn, and from which budget? Val accuracy against images seen, one line per arm.
+
+    python benchmarks/learning_curve.py --data fer2013 --arms simclr+semantic --seeds 0 1 --images 400000
+    python benchmarks/learning_curve.py --data fer2013 --baselines --seeds 0
+    python benchmarks/learning_curve.py --plot-only --out benchmarks/results/fer2013_curve.jsonl
+
+Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own), stopped at the
+end of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr schedule is the whole run's), and
+its trunk probed there on val: a linear probe on cached pooled features of all training faces (30 epochs, batch
+256, its lr chosen among PROBE_LRS on 10 % of the training faces held out) and a k-NN (k = 20, cosine) on the same
+features. On faces with landmarks (synthetic) the landmark hit rate of the FaceMAE arms is
+measured at the same points, beside random masking and a fixed mask of the central patches. "supervised" trains
+the same trunk on the labels (cross-entropy, the probe's crop + flip, SGD, the same batch and images seen);
+"lightly-byol" is BYOL as the lightly library implements it (pip install lightly, for this benchmark only), on the
+same faces, trunk and budget: a cross-check of the GFL.
+Baselines (--baselines) are budget-free lines: the random trunk as initialised, with BatchNorm statistics of the
+training faces, and a linear classifier on pixels.
+
+Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in --out are
+not measured again, and a run continues from its last.pt in --runs (train.py --resume); if that checkpoint is gone
+the run starts again from its seed and reproduces the rows it had. After each point the picture (--out with .png)
+and a table (.md) are redrawn from every row in --out.
+"""
+import argparse
+import copy
+import functools
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import data  # noqa: E402
+import eval as evaluate  # noqa: E402
+import train  # noqa: E402
+from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+from sweep_synthetic import Pixels  # noqa: E402  (this folder: the pixels themselves as features)
+
+# what every arm shares: the tiny preset with the options bench_fer2013.py measured faster on 48-px faces
+COMMON = "--preset tiny --augment device --width 0.5"
+ARMS = {  # name -> the arm's own train.py options
+    "byol": "--gfl byol --use-facemae false",
+    "byol+random": "--gfl byol --masking random",
+    "byol+semantic": "--gfl byol --masking semantic",
+    "simclr": "--gfl simclr --use-facemae false",
+    "simclr+random": "--gfl simclr --masking random",
+    "simclr+semantic": "--gfl simclr --masking semantic",
+    "supervised": None,  # trained on the labels by this script (supervised_arm)
+    "lightly-byol": None,  # the cross-check: lightly's BYOL, by this script (lightly_byol_arm)
+}
+BASELINES = ("random trunk", "random trunk, BN statistics", "pixels 32x32")
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_row(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    print(json.dumps(row), flush=True)
+
+
+def probe_points(epochs):
+    """Epochs 1, 2, 4, 8, ... below `epochs`, and `epochs` itself."""
+    points, e = [], 1
+    while e < epochs:
+        points.append(e)
+        e *= 2
+    return points + [epochs]
+
+
+# ----------------------------------------------------------------------------- measuring a trunk
+
+
+@functools.lru_cache(maxsize=4)
+def dataset(name, root, split, seed):
+    """A split, read once per process (FER2013's csv takes seconds to parse)."""
+    return data.get_dataset(name, root, split, seed=seed, render=True)
+
+
+def datasets(args, seed):
+    """-> (train, held-out) of the probes: settings are chosen on val (FER2013's PublicTest); --split test reads test,
+    once. --probe-cap N probes with N training and N/4 held-out faces drawn at random (dry runs)."""
+    splits = dataset(args.data, args.root, "train", seed), dataset(args.data, args.root, args.split, seed)
+    if args.probe_cap:
+        splits = [data.LabelledSubset(b, sorted(torch.randperm(len(b), generator=torch.Generator().manual_seed(seed))
+                                                [:n].tolist())) for b, n in zip(splits, (args.probe_cap, args.probe_cap // 4))]
+    return splits
+
+
+PROBE_LRS = (1.0, 0.3, 0.1, 0.03, 0.01)  # linear-probe learning rates, chosen per trunk on a train hold-out
+
+
+def probe_lr(tx, ty, classes, device, seed):
+    """The probe's lr for these features, chosen on the training faces alone (never on val): on 10 % of them held
+    out, or by 5-fold cross-validation when there are fewer than 2,000 (few labels). One lr does not fit every trunk:
+    on FER2013's random trunk the paper's 0.5 gave 26.9 % on val where 0.05 gave 32.5 %."""
+    order = torch.randperm(len(tx), generator=torch.Generator().manual_seed(seed))
+    folds = order.chunk(5) if len(tx) < 2000 else [order[:len(tx) // 10]]
+    scores = {}
+    for lr in PROBE_LRS:
+        accuracy = 0.0
+        for held in folds:
+            fit = order[~torch.isin(order, held)]
+            report, _ = evaluate.train_head(None, (tx[fit], ty[fit]), (tx[held], ty[held]), classes, device=device,
+                                            epochs=30, batch_size=256, lr=lr, seed=seed)
+            accuracy += report["last_epoch_accuracy"] * len(held)
+        scores[lr] = accuracy
+    return max(scores, key=scores.get)
+
+
+def measure(trunk, size, args, seed, device):
+    """Linear probe (cached features, lr chosen on a train hold-out) and k-NN of a frozen trunk, train -> held-out
+    split: -> {linear, knn, probe_lr}. Both read the same features, computed once."""
+    train_base, held_out = datasets(args, seed)
+    trunk = trunk.to(device).eval()
+    (tx, ty), (vx, vy) = (evaluate.embed(trunk, evaluate.loader(data.ProbeView(b, size, train=False), 256, 0), device)
+                          for b in (train_base, held_out))
+    lr = probe_lr(tx, ty, held_out.classes, device, seed)
+    linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device, epochs=30,
+                                    batch_size=256, lr=lr, seed=seed)
+    knn = (evaluate.knn_predict(tx, ty, vx, len(held_out.classes)) == vy).float().mean().item()
+    return {"linear": linear["last_epoch_accuracy"], "linear_mean_class": linear["mean_class_accuracy"], "knn": knn,
+            "probe_lr": lr}
+
+
+def hit_rates(model, args, seed, device):
+    """Landmark hit rate of a FaceMAE model on the held-out faces, beside random masking and the central mask."""
+    held_out = datasets(args, seed)[1]
+    if not held_out.num_landmarks or not model.config.use_facemae:
+        return {}
+    h = evaluate.landmark_hit_rate(model, held_out, device)
+    return {"hit_rate": h["semantic"], "hit_rate_best_group": h["best_group"], "hit_rate_random": h["random"],
+            "hit_rate_central": h["central"]}
+
+
+# ----------------------------------------------------------------------------- arms
+
+
+def run_folder(args, arm, seed):
+    return os.path.join(args.runs, f"{args.data}-{arm}-s{seed}")
+
+
+def pretrain_arm(args, arm, seed, done, device):
+    """One self-supervised arm: train.py, stopped and probed at each point not yet in `done` (epochs)."""
+    folder = run_folder(args, arm, seed)
+    ckpt = os.path.join(folder, "last.pt")
+    options = shlex.split(COMMON) + shlex.split(ARMS[arm]) + shlex.split(args.options)
+    runtime = ["--device", args.device] + (["--workers", str(args.workers)] if args.workers is not None else [])
+    base = options + ["--data", args.data, "--seed", str(seed), "--epochs", str(args.epochs), "--out", folder,
+                      "--knn-samples", "0", "--probe", "false"] + (["--root", args.root] if args.root else []) + runtime
+    for epoch in probe_points(args.epochs):
+        if epoch in done:
+            continue
+        steps = epoch * steps_per_epoch(args, seed)
+        at = evaluate.load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None  # None: no run yet
+        if at is not None and at > steps:  # the checkpoint is past this point (a row was lost): start again
+            os.remove(ckpt)
+            at = None
+        if at is None or at < steps:  # a checkpoint inside an epoch (an interrupted run) resumes where it stopped
+            argv = (["--resume", ckpt] + runtime if at is not None else base) + ["--stop-after-steps", str(steps)]
+            t0 = time.time()
+            code = train.main(argv)
+            if code != 0:
+                raise SystemExit(f"train.py exited {code} ({' '.join(argv)}); rerun this command to continue")
+            add_seconds(folder, time.time() - t0, restart=at is None)
+            print(f"{arm} seed {seed}: epoch {epoch} reached in {time.time() - t0:.0f} s", flush=True)
+        state = evaluate.load_checkpoint(ckpt)
+        model, cfg = evaluate.load_model(ckpt, state)
+        row = {"arm": arm, "seed": seed, "epoch": epoch, "images": state["step"] * args.batch_size,
+               "options": " ".join(options), **measure(model.backbone, cfg.view_size, args, seed, device),
+               **hit_rates(model, args, seed, device), "train_seconds": add_seconds(folder, 0.0)}
+        append_row(args.out, row)
+        draw(args.out)
+
+
+def add_seconds(folder, seconds, restart=False):
+    """The run's training wall time (train.py calls, probes excluded), kept in its folder: -> the total so far."""
+    path = os.path.join(folder, "curve_seconds.json")
+    total = 0.0
+    if os.path.exists(path) and not restart:
+        with open(path) as f:
+            total = json.load(f)["seconds"]
+    with open(path, "w") as f:
+        json.dump({"seconds": total + seconds}, f)
+    return total + seconds
+
+
+def steps_per_epoch(args, seed):
+    n = len(dataset(args.data, args.root, "train", seed))
+    return min(n // args.batch_size, args.max_steps or n)
+
+
+def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, trunk):
+    """An arm this script trains itself (supervised, lightly-byol): one_epoch(epoch) trains an epoch of at most
+    steps_per_epoch batches; the model and optimiser are saved after each epoch and the trunk probed at the same
+    points as train.py's arms. Resumes from its checkpoint."""
+    folder = run_folder(args, arm, seed)
+    os.makedirs(folder, exist_ok=True)
+    ckpt = os.path.join(folder, "arm.pt")
+    at, seconds = 0, 0.0
+    if os.path.exists(ckpt):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"])
+        at, seconds = state["epoch"], state["seconds"]
+    size = SimFLEConfig.preset("tiny", **config_overrides(args)).view_size
+    for epoch in range(at, args.epochs):
+        if all(p in done for p in probe_points(args.epochs) if p > epoch):
+            break
+        t0 = time.time()
+        model.train()
+        one_epoch(epoch)
+        seconds += time.time() - t0
+        train.save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "epoch": epoch + 1, "seconds": seconds})
+        if epoch + 1 in probe_points(args.epochs) and epoch + 1 not in done:
+            row = {"arm": arm, "seed": seed, "epoch": epoch + 1,
+                   "images": (epoch + 1) * steps_per_epoch(args, seed) * args.batch_size, "options": COMMON,
+                   **measure(trunk, size, args, seed, device), "train_seconds": seconds}
+            append_row(args.out, row)
+            draw(args.out)
+
+
+def cosine_lr(optimizer, base_lr, epoch, epochs):
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def supervised_arm(args, seed, done, device):
+    """The trunk trained on the labels, with the pretraining's batch and images seen: SGD momentum 0.9, lr 0.05 x
+    batch/256 cosine per epoch (train.py's schedule), wd 1e-4, the probe's RandomResizedCrop + flip."""
+    cfg = SimFLEConfig.preset("tiny", **config_overrides(args))
+    train_base = dataset(args.data, args.root, "train", seed)
+    torch.manual_seed(seed)
+    trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
+    model = torch.nn.Sequential(trunk, torch.nn.Linear(trunk.dim, len(train_base.classes))).to(device)
+    lr = 0.05 * args.batch_size / 256
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    view = data.ProbeView(train_base, cfg.view_size, train=True, seed=seed)
+
+    def one_epoch(epoch):
+        view.set_epoch(epoch)
+        cosine_lr(optimizer, lr, epoch, args.epochs)
+        batches = evaluate.loader(view, args.batch_size, 0, shuffle=True, seed=seed + epoch)
+        for _, (b, _) in zip(range(steps_per_epoch(args, seed)), batches):
+            x, y, _ = data.probe_batch(b, device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    own_loop_arm(args, "supervised", seed, done, device, model, optimizer, one_epoch, trunk)
+
+
+class PilFaces(torch.utils.data.Dataset):
+    """A FaceDataset's images as PIL images through a transform (lightly's transforms take PIL images)."""
+
+    def __init__(self, base, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.functional as TF
+        return self.transform(TF.to_pil_image(self.base[i][0]))
+
+
+def lightly_byol_arm(args, seed, done, device):
+    """Cross-check of the GFL: BYOL as a widely used library implements it (lightly: its projection and prediction
+    heads, negative-cosine loss, momentum update and BYOLTransform views, with its example's SGD lr 0.06 and momentum
+    0.996 -> 1 on a cosine), on the same faces, trunk (the arms' narrow ResNet), view size, batch and images seen.
+    lightly is installed for this benchmark only (pip install lightly), never a requirement of the project."""
+    try:
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import update_momentum
+        from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+        from lightly.utils.scheduler import cosine_schedule
+    except ImportError:
+        raise SystemExit("error: the lightly-byol arm needs the lightly package, for this benchmark only: "
+                         "pip install lightly") from None
+    cfg = SimFLEConfig.preset("tiny", **config_overrides(args))
+    torch.manual_seed(seed)
+    trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
+    model = torch.nn.ModuleDict({"backbone": trunk, "projection": BYOLProjectionHead(trunk.dim, 1024, 256),
+                                 "prediction": BYOLPredictionHead(256, 1024, 256)})
+    model["target_backbone"] = copy.deepcopy(trunk).requires_grad_(False)
+    model["target_projection"] = copy.deepcopy(model["projection"]).requires_grad_(False)
+    model = model.to(device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.06)
+    size = cfg.view_size
+    views = PilFaces(dataset(args.data, args.root, "train", seed), BYOLTransform(
+        BYOLView1Transform(input_size=size), BYOLView2Transform(input_size=size)))
+    criterion = NegativeCosineSimilarity()
+
+    def one_epoch(epoch):
+        m = cosine_schedule(epoch, args.epochs, 0.996, 1)
+        batches = torch.utils.data.DataLoader(views, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                              generator=torch.Generator().manual_seed(seed + epoch))
+        for _, (x0, x1) in zip(range(steps_per_epoch(args, seed)), batches):
+            update_momentum(model["backbone"], model["target_backbone"], m)
+            update_momentum(model["projection"], model["target_projection"], m)
+            x0, x1 = x0.to(device), x1.to(device)
+            p0, p1 = (model["prediction"](model["projection"](model["backbone"](x))) for x in (x0, x1))
+            with torch.no_grad():
+                z0, z1 = (model["target_projection"](model["target_backbone"](x)) for x in (x0, x1))
+            loss = 0.5 * (criterion(p0, z1) + criterion(p1, z0))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    own_loop_arm(args, "lightly-byol", seed, done, device, model, optimizer, one_epoch, trunk)
+
+
+def config_overrides(args):
+    """The model fields COMMON and --options set (for the arms that do not go through train.py)."""
+    parsed = train.build_parser().parse_args(shlex.split(COMMON) + shlex.split(args.options))
+    return {f: getattr(parsed, f) for f in SimFLEConfig.__dataclass_fields__ if getattr(parsed, f) is not None}
+
+
+def baselines(args, seed, done, device):
+    """Budget-free lines: the random trunk of the arms' architecture as initialised (train.py seeds torch right before
+    it builds the model) and with BatchNorm statistics of the training faces, and pixels at 32x32."""
+    cfg = SimFLEConfig.preset("tiny", **config_overrides(args))
+    torch.manual_seed(seed)
+    trunk = SimFLE(cfg).backbone
+    train_base = datasets(args, seed)[0]
+    trunks = {"random trunk": (trunk, cfg.view_size),
+              "random trunk, BN statistics": (evaluate.recompute_batchnorm(copy.deepcopy(trunk), train_base,
+                                                                           cfg.view_size, device), cfg.view_size),
+              "pixels 32x32": (Pixels(32), 32)}
+    for name, (t, size) in trunks.items():
+        if name not in done:
+            append_row(args.out, {"arm": name, "seed": seed, "epoch": 0, "images": 0, "options": COMMON,
+                                  **measure(t, size, args, seed, device)})
+    if train_base.num_landmarks and "semantic masking, untrained" not in done:  # where the hit rate starts
+        torch.manual_seed(seed)
+        append_row(args.out, {"arm": "semantic masking, untrained", "seed": seed, "epoch": 0, "images": 0,
+                              "options": COMMON, **hit_rates(SimFLE(cfg), args, seed, device)})
+    draw(args.out)
+
+
+# ----------------------------------------------------------------------------- picture and table
+
+
+def summarise(rows):
+    """-> {arm: {images: [rows]}}."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["arm"], {}).setdefault(r["images"], []).append(r)
+    return out
+
+
+def mean_std(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def draw(path):
+    """The curves of every row in `path`: <path>.png (linear probe and k-NN against images seen) and <path>.md."""
+    rows = read_rows(path)
+    arms = summarise(rows)
+    stem = os.path.splitext(path)[0]
+    lines = ["| arm | epoch | images seen | seeds | val linear probe (%) | val k-NN (%) | hit rate / random / central (%) |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, points in arms.items():
+        for images in sorted(points):
+            rs = points[images]
+            lin, knn = (mean_std([100 * r[k] for r in rs]) if k in rs[0] else (math.nan, 0.0) for k in ("linear", "knn"))
+            hit = ""
+            if "hit_rate" in rs[0]:
+                hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
+                                 for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
+            lin, knn = ("–" if math.isnan(m) else f"{m:.1f} ± {s:.1f}" for m, s in (lin, knn))
+            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} |")
+    with open(stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no picture drawn")
+        return
+    with_hits = any("hit_rate" in r for r in rows)
+    fig, axes = plt.subplots(1, 3 if with_hits else 2, figsize=(15 if with_hits else 11, 4.5), dpi=110)
+    for ax, key, title in zip(axes, ("linear", "knn"), ("linear probe (cached features)", "k-NN (k = 20)")):
+        for k, (arm, points) in enumerate(arms.items()):
+            xs = sorted(x for x in points if key in points[x][0])
+            if not xs:
+                continue
+            ms = [mean_std([100 * r[key] for r in points[x]]) for x in xs]
+            if xs == [0]:  # a baseline: a horizontal line
+                ax.axhline(ms[0][0], ls="--", lw=1, color=f"C{k}", label=arm)
+                continue
+            ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
+                        label=arm)
+        ax.set_xscale("log")
+        ax.set_xlabel("images seen in pretraining (log scale)")
+        ax.set_ylabel("val accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if with_hits:
+        ax = axes[2]
+        controls = next(r for r in rows if "hit_rate_random" in r)
+        ax.axhline(100 * controls["hit_rate_random"], ls=":", color="grey", label="random masking")
+        ax.axhline(100 * controls["hit_rate_central"], ls="--", color="black", label="fixed mask, central patches")
+        for k, (arm, points) in enumerate(arms.items()):
+            xs = sorted(x for x in points if "hit_rate" in points[x][0])
+            if xs == [0]:  # the masking as initialised: where training starts from
+                ax.axhline(100 * statistics.mean(r["hit_rate"] for r in points[0]), ls="-.", color=f"C{k}", label=arm)
+            elif xs:
+                ax.plot(xs, [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs], marker="o",
+                        color=f"C{k}", label=arm)
+        ax.set_xscale("log")
+        ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
+        ax.set_xlabel("images seen in pretraining (log scale)")
+        ax.set_ylabel("landmarks in visible patches (%)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = stem + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, stem + ".png")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="fer2013", choices=["fer2013", "synthetic"])
+    p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
+    p.add_argument("--arms", default="", help=f"comma-separated, of: {', '.join(ARMS)}")
+    p.add_argument("--baselines", action="store_true", help="also the budget-free baselines")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--images", type=int, default=200_000, help="pretraining budget per arm, in images seen")
+    p.add_argument("--epochs", type=int, default=None, help="the budget in epochs instead (overrides --images)")
+    p.add_argument("--batch-size", type=int, default=64, help="the tiny preset's")
+    p.add_argument("--options", default="", help="more train.py options for every arm, e.g. '--crop-scale 0.3'")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="held-out split: val to choose, test once")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (dry runs)")
+    p.add_argument("--runs", default="runs/learning_curve")
+    p.add_argument("--out", default="benchmarks/results/fer2013_curve.jsonl")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps (training and probes)")
+    p.add_argument("--workers", type=int, default=None, help="train.py's data-loading processes (default: its own)")
+    p.add_argument("--probe-cap", type=int, default=None, metavar="N",
+                   help="probe with N training and N/4 held-out faces drawn at random instead of all (dry runs)")
+    p.add_argument("--plot-only", action="store_true")
+    args = p.parse_args(argv)
+    if args.plot_only:
+        draw(args.out)
+        return 0
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        p.error(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    if "--batch-size" in args.options:
+        p.error("give the batch size as --batch-size, not inside --options")
+    args.options += f" --batch-size {args.batch_size}" + (f" --max-steps {args.max_steps}" if args.max_steps else "")
+    device = torch.device(args.device)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    try:
+        per_epoch = steps_per_epoch(args, args.seeds[0]) * args.batch_size
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    args.epochs = args.epochs or max(1, math.ceil(args.images / per_epoch))
+    print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = {args.epochs * per_epoch:,} images per "
+          f"arm; probed at epochs {probe_points(args.epochs)} on {args.split}", flush=True)
+    for seed in args.seeds:
+        rows = [r for r in read_rows(args.out) if r["seed"] == seed]
+        if args.baselines:
+            baselines(args, seed, {r["arm"] for r in rows}, device)
+        for arm in arms:
+            done = {r["epoch"] for r in rows if r["arm"] == arm}
+            if arm == "supervised":
+                supervised_arm(args, seed, done, device)
+            elif arm == "lightly-byol":
+                lightly_byol_arm(args, seed, done, device)
+            else:
+                pretrain_arm(args, arm, seed, done, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""
+Checkers for the tutorial's exercises (tutorial.ipynb, section 9): you write a piece of SimFLE, a checker runs
+the project's meaning tests (the ones of tests/test_simfle.py) against your function and prints PASS, or the
+cases it fails and why.
+
+    import exercises
+    exercises.check(keep_top_patches)                      # an "implement it" exercise, found by its name
+    exercises.check_measurement(grouping_share, history)   # a measurement question, against its range
+
+The solutions are in tutorial_solutions.py; read them after your own attempt.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+import simfle
+
+CASES = {}  # exercise name -> [(what the case checks, function that raises AssertionError if it fails)]
+
+
+def case(exercise, what):
+    def register(test):
+        CASES.setdefault(exercise, []).append((what, test))
+        return test
+    return register
+
+
+def close(got, expected, what, atol=1e-5, rtol=1e-5):
+    got, expected = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    off = ~torch.isclose(got, expected, atol=atol, rtol=rtol)
+    if off.any() and got.numel() <= 8:
+        raise AssertionError(f"{what}: got {got.tolist()}, expected {expected.tolist()}")
+    if off.any():
+        at = tuple(torch.nonzero(off)[0].tolist())
+        raise AssertionError(f"{what}: {int(off.sum())} of {got.numel()} numbers are off; at {at} got {got[at]:.6g}, "
+                             f"expected {expected[at]:.6g}")
+
+
+# ----------------------------------------------------------------------------- 1. keep_top_patches (semantic masking)
+
+
+@case("keep_top_patches", "a 4-patch example: scores [.1, .9, .5, .7], keep 2 -> patches 1 and 3 visible")
+def _(fn):
+    ids_keep, mask, _ = fn(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), 2)
+    assert sorted(ids_keep[0].tolist()) == [1, 3], f"ids_keep {ids_keep.tolist()}, expected patches 1 and 3"
+    assert mask.tolist() == [[1, 0, 1, 0]], f"mask {mask.tolist()}, expected [[1, 0, 1, 0]] (1 = masked)"
+
+
+@case("keep_top_patches", "exactly 12 of 49 patches visible per image, and they are the 12 highest scores")
+def _(fn):
+    scores = torch.rand(3, 49, generator=torch.Generator().manual_seed(0))
+    ids_keep, mask, _ = fn(scores, 12)
+    assert tuple(ids_keep.shape) == (3, 12), f"ids_keep has shape {tuple(ids_keep.shape)}, expected (3, 12)"
+    assert tuple(mask.shape) == (3, 49), f"mask has shape {tuple(mask.shape)}, expected (3, 49)"
+    assert mask.sum(1).tolist() == [37.0] * 3, f"masked per image {mask.sum(1).tolist()}, expected 37 of 49"
+    top = scores.topk(12, dim=1).indices
+    for b in range(3):
+        assert set(ids_keep[b].tolist()) == set(top[b].tolist()), f"image {b}: kept {sorted(ids_keep[b].tolist())}, " \
+            f"the 12 highest scores are at {sorted(top[b].tolist())}"
+        assert (mask[b, ids_keep[b]] == 0).all(), f"image {b}: a kept patch is marked masked"
+
+
+@case("keep_top_patches", "ids_restore undoes the shuffle: its inverse starts with ids_keep, in ids_keep's order")
+def _(fn):
+    scores = torch.rand(2, 49, generator=torch.Generator().manual_seed(1))
+    ids_keep, _, ids_restore = fn(scores, 12)
+    assert sorted(ids_restore[0].tolist()) == list(range(49)), "ids_restore is not a permutation of the 49 patches"
+    shuffle = ids_restore.argsort(1)  # the order FaceMAE's decoder lays its tokens out in: kept first, then masked
+    assert torch.equal(shuffle[:, :12], ids_keep), \
+        f"argsort(ids_restore)[:12] = {shuffle[0, :12].tolist()}, ids_keep = {ids_keep[0].tolist()} (image 0)"
+    tokens = torch.gather(scores, 1, shuffle)  # scores laid out in shuffled order...
+    close(torch.gather(tokens, 1, ids_restore), scores, "gathering the shuffled scores with ids_restore")
+
+
+# ----------------------------------------------------------------------------- 2. grouping_loss (channel grouping)
+
+
+@case("grouping_loss", "zero when S is the block-diagonal target T (8 channels, 2 groups)")
+def _(fn):
+    ideal = torch.block_diag(torch.ones(4, 4), torch.ones(4, 4))
+    close(fn(ideal, 2), 0.0, "grouping_loss(T, 2)")
+
+
+@case("grouping_loss", "by hand: S = [[1, .5], [.5, 1]], 2 groups -> 0.001 * 0.5 / (2/512)^2 = 32.768")
+def _(fn):
+    close(fn(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), 2), 32.768, "grouping_loss(S, 2)", rtol=1e-6)
+
+
+@case("grouping_loss", "all channels identical (S all ones), 512 channels, 32 groups -> 253.952, the l_g before training")
+def _(fn):
+    close(fn(torch.ones(512, 512), 32), 0.001 * (512 ** 2 - 32 * 16 ** 2), "grouping_loss(ones(512, 512), 32)", rtol=1e-6)
+
+
+@case("grouping_loss", "the same at 1024 channels: the (C/512)^2 divisor makes l_g independent of C")
+def _(fn):
+    close(fn(torch.ones(1024, 1024), 32), 253.952, "grouping_loss(ones(1024, 1024), 32)", rtol=1e-6)
+
+
+@case("grouping_loss", "a gradient flows back to S (it trains the grouping layer)")
+def _(fn):
+    S = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    fn(S, 2).backward()
+    assert S.grad is not None and S.grad.abs().sum() > 0, "no gradient reached S"
+
+
+# ----------------------------------------------------------------------------- 3. ema_update (the BYOL target)
+
+
+def ema_pair(seed):
+    torch.manual_seed(seed)
+    online, target = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    target.requires_grad_(False)
+    return online, target
+
+
+@case("ema_update", "target <- m*target + (1-m)*online, m = 0.99, for every parameter")
+def _(fn):
+    online, target = ema_pair(0)
+    before = [p.clone() for p in target.parameters()]
+    fn(online, target, 0.99)
+    for (name, p), b, o in zip(target.named_parameters(), before, online.parameters()):
+        close(p.detach(), 0.99 * b + 0.01 * o.detach(), f"target parameter {name}", atol=1e-6, rtol=0)
+
+
+@case("ema_update", "the online network is not changed; m = 1 freezes the target, m = 0 copies the online network")
+def _(fn):
+    online, target = ema_pair(1)
+    online_before, target_before = [p.clone() for p in online.parameters()], [p.clone() for p in target.parameters()]
+    fn(online, target, 1.0)
+    for p, o in zip(online.parameters(), online_before):
+        assert torch.equal(p.detach(), o), "the online network changed"
+    for p, b in zip(target.parameters(), target_before):
+        assert torch.equal(p, b), "m = 1 moved the target"
+    fn(online, target, 0.0)
+    for p, o in zip(target.parameters(), online.parameters()):
+        close(p, o.detach(), "m = 0: target", atol=1e-7, rtol=0)
+
+
+@case("ema_update", "in place and outside autograd: the target's tensors stay leaves that need no gradient")
+def _(fn):
+    online, target = ema_pair(2)
+    ids = [id(p) for p in target.parameters()]
+    fn(online, target, 0.9)
+    assert [id(p) for p in target.parameters()] == ids, "the target's parameters were replaced, not updated in place"
+    assert all(not p.requires_grad and p.grad_fn is None for p in target.parameters()), \
+        "the target needs gradients after the update (use torch.no_grad())"
+
+
+# ----------------------------------------------------------------------------- 4. distillation_loss
+
+
+@case("distillation_loss", "zero when the student equals the teacher")
+def _(fn):
+    w = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    close(fn(w, w.clone(), 4.0), 0.0, "distillation_loss(w, w, 4)")
+
+
+@case("distillation_loss", "by hand: T = 1, w = [0, 0], t = [ln 3, 0] -> KL((.75, .25) || (.5, .5)) = 0.130812")
+def _(fn):
+    close(fn(torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]]), 1.0), 0.130812,
+          "distillation_loss at T = 1 (if you got 0.143841, the KL is the wrong way round)", atol=1e-6)
+
+
+@case("distillation_loss", "the T^2 factor: the same distributions at T = 4 (logits x 4) -> 16 x 0.130812 = 2.09299")
+def _(fn):
+    close(fn(torch.tensor([[0.0, 0.0]]), torch.tensor([[4 * math.log(3.0), 0.0]]), 4.0), 16 * 0.130812,
+          "distillation_loss at T = 4", atol=1e-5)
+
+
+@case("distillation_loss", "a batch mean, not a sum: the same rows twice give the same loss")
+def _(fn):
+    g = torch.Generator().manual_seed(1)
+    w, t = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    close(fn(torch.cat([w, w]), torch.cat([t, t]), 4.0), fn(w, t, 4.0), "loss of the doubled batch")
+
+
+@case("distillation_loss", "its gradient: d loss / d w = T (softmax(w/T) - softmax(t/T)) / B, as tests/test_simfle.py checks")
+def _(fn):
+    g = torch.Generator().manual_seed(2)
+    w, t, T = torch.randn(5, 8, generator=g).requires_grad_(), torch.randn(5, 8, generator=g), 4.0
+    fn(w, t, T).backward()
+    close(w.grad, T * (torch.softmax(w.detach() / T, 1) - torch.softmax(t / T, 1)) / 5, "the gradient w.r.t. w", atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- 5. norm_pix_targets (FaceMAE)
+
+
+def images(seed, B=2, size=32):
+    return torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@case("norm_pix_targets", "shapes: (2, 3, 32, 32), p = 16 -> targets (2, 4, 768), mean and var (2, 4, 1)")
+def _(fn):
+    targets, mean, var = fn(images(0), 16)
+    for x, shape, name in ((targets, (2, 4, 768), "targets"), (mean, (2, 4, 1), "mean"), (var, (2, 4, 1), "var")):
+        assert tuple(x.shape) == shape, f"{name} has shape {tuple(x.shape)}, expected {shape}"
+
+
+@case("norm_pix_targets", "every patch's target has mean 0 and variance 1")
+def _(fn):
+    targets, _, _ = fn(images(1) * 3 + 2, 16)
+    close(targets.mean(-1), torch.zeros(2, 4), "per-patch mean of the targets", atol=1e-4)
+    close(targets.var(-1), torch.ones(2, 4), "per-patch variance of the targets", atol=1e-3)
+
+
+@case("norm_pix_targets", "targets * sqrt(var + 1e-6) + mean gives back simfle.patchify(imgs, p): patches in MAE's order")
+def _(fn):
+    imgs = images(2)
+    targets, mean, var = fn(imgs, 16)
+    close(targets * (var + 1e-6) ** 0.5 + mean, simfle.patchify(imgs, 16), "un-normalised targets", atol=1e-4)
+
+
+@case("norm_pix_targets", "a flat patch gives targets 0, not NaN (the 1e-6 inside the square root)")
+def _(fn):
+    targets, _, _ = fn(torch.full((1, 3, 16, 16), 0.5), 16)
+    assert torch.isfinite(targets).all(), "a flat patch gives NaN or inf targets"
+    close(targets, torch.zeros(1, 1, 768), "targets of a flat patch", atol=1e-6)
+
+
+@case("norm_pix_targets", "the 1e-6 is added to the variance, MAE's (t - mean) / (var + 1e-6) ** .5")
+def _(fn):
+    imgs = torch.linspace(0, 1e-3, 16 * 16 * 3).reshape(1, 3, 16, 16)  # a patch of tiny spread: the 1e-6 matters
+    targets, _, _ = fn(imgs, 16)
+    t = simfle.patchify(imgs, 16)
+    close(targets, (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5, "targets", atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- running the cases
+
+
+def failures(fn, name=None):
+    """Run the cases of the exercise `name` (default: fn's name) on fn -> [(case, why it failed)]; [] = all pass."""
+    name = name or fn.__name__
+    if name not in CASES:
+        raise KeyError(f"no exercise named {name!r}; the exercises are {', '.join(CASES)}")
+    failed = []
+    for what, test in CASES[name]:
+        try:
+            test(fn)
+        except NotImplementedError:
+            return [("not implemented yet", "the function still raises NotImplementedError")]
+        except AssertionError as e:
+            failed.append((what, str(e)))
+        except Exception as e:  # a crash is a failure too, shown with its type
+            failed.append((what, f"{type(e).__name__}: {e}"))
+    return failed
+
+
+def check(fn, name=None):
+    """Print PASS, or each failing case and why, for the exercise `name` (default: fn's name)."""
+    name = name or fn.__name__
+    failed = failures(fn, name)
+    if not failed:
+        print(f"PASS {name}: all {len(CASES[name])} cases")
+    elif failed[0][0] == "not implemented yet":
+        print(f"NOT DONE {name}: not implemented yet. Fill in the cell above, run it, then run this cell again.")
+    else:
+        print(f"FAIL {name}: {len(failed)} of {len(CASES[name])} cases")
+        for what, why in failed:
+            print(f"  case: {what}\n    {why}")
+
+
+# ----------------------------------------------------------------------------- measurement questions
+
+# Expected answers after the notebook's 60 steps, from section 7's log. Measured once with the notebook's code for
+# the training seeds 0, 1 and 2 (model initialisation and batches; the notebook's own run is seed 0):
+# grouping_share 0.9968 / 0.9976 / 0.9974, grouping_fall 0.682 / 0.762 / 0.757, backbone_share 0.0020 / 0.0015 /
+# 0.0017. Each range holds all three with a margin.
+EXPECTED = {
+    "grouping_share": (0.99, 1.0),     # beta*l_g^2 / total at step 60
+    "grouping_fall": (0.6, 0.85),      # l_g(60) / l_g(1)
+    "backbone_share": (0.0005, 0.005), # (L_s + alpha*L_d) / total at step 60
+}
+
+
+def check_measurement(fn, *inputs):
+    """Call your measurement fn(*inputs) and say whether its answer lies in the expected range."""
+    name = fn.__name__
+    low, high = EXPECTED[name]
+    try:
+        value = fn(*inputs)
+    except NotImplementedError:
+        print(f"NOT DONE {name}: not measured yet. Fill in the cell above, run it, then run this cell again.")
+        return
+    value = float(value)
+    verdict = "PASS" if low <= value <= high else "OUTSIDE"
+    print(f"{verdict} {name}: {value:.4g}, expected range [{low:g}, {high:g}]")

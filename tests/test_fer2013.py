@@ -1,0 +1,179 @@
+"""FER2013 as users have it (image folders -> the official csv, its standard splits), few-label evaluation, the
+narrow ResNet, the central-mask control and the learning-curve bookkeeping: on fixtures the tests build."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import data  # noqa: E402
+import eval as evaluate  # noqa: E402
+import learning_curve  # noqa: E402
+import prepare_fer2013 as prepare  # noqa: E402
+from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+
+# (split folder, class folder, file name): a re-packaging as public repositories hold it
+LAYOUT = [("train", "angry", "Training_10.jpg"), ("train", "happy", "Training_3.jpg"),
+          ("train", "Neutral", "Training_7.png"), ("train", "disgust", "Training_1.jpg"),
+          ("test", "sad", "PublicTest_5.jpg"), ("test", "surprise", "PublicTest_2.jpg"),
+          ("test", "fear", "PrivateTest_9.jpg"), ("test", "happy", "PrivateTest_4.png")]
+
+
+def face(seed):
+    return np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8)
+
+
+def make_folders(root, layout=LAYOUT, size=48):
+    for k, (split, cls, name) in enumerate(layout):
+        os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+        pixels = face(k) if size == 48 else np.zeros((size, size), np.uint8)
+        Image.fromarray(pixels).save(os.path.join(root, split, cls, name), quality=95)
+
+
+def test_folders_become_the_official_csv_with_the_standard_splits(tmp_path, capsys):
+    make_folders(tmp_path / "src")
+    assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013"),
+                         "--npz", str(tmp_path / "fer.npz")]) == 0
+    assert "Training 4, PublicTest 2, PrivateTest 2" in capsys.readouterr().out
+    lines = open(tmp_path / "fer2013" / "fer2013.csv").read().splitlines()
+    assert lines[0] == "emotion,pixels,Usage"
+    # rows: Training, PublicTest, PrivateTest, each in the order of the number in the file name
+    assert [(int(l.split(",")[0]), l.split(",")[2]) for l in lines[1:]] == [
+        (1, "Training"), (3, "Training"), (6, "Training"), (0, "Training"),
+        (5, "PublicTest"), (4, "PublicTest"), (3, "PrivateTest"), (2, "PrivateTest")]
+    train, val, test = (data.get_dataset("fer2013", tmp_path, s) for s in ("train", "val", "test"))
+    assert (train.labels, val.labels, test.labels) == ([1, 3, 6, 0], [5, 4], [3, 2])
+    # the PNG (lossless) comes back pixel for pixel, grey in all three channels
+    img, _, _ = train[2]
+    assert torch.equal(img[0], torch.from_numpy(face(2))) and torch.equal(img[0], img[2])
+    # the .npz holds the files' own bytes: the csv made from it is the same file
+    assert prepare.main(["--from", str(tmp_path / "fer.npz"), "--out", str(tmp_path / "again")]) == 0
+    assert open(tmp_path / "again" / "fer2013.csv").read() == "\n".join(lines) + "\n"
+
+
+def test_a_name_without_usage_takes_it_from_its_split_folder(tmp_path, capsys):
+    make_folders(tmp_path / "src", [("train", "angry", "im0.jpg"), ("val", "happy", "im1.jpg"),
+                                    ("test", "sad", "im2.jpg")])
+    assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0
+    assert "3 file names had no Training_/PublicTest_/PrivateTest_ prefix" in capsys.readouterr().out
+    rows = open(tmp_path / "out" / "fer2013.csv").read().splitlines()[1:]
+    assert [r.split(",")[2] for r in rows] == ["Training", "PublicTest", "PrivateTest"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "fer2013 folders not found"),
+    ("no split", "no split folder"),
+    ("unknown class", "unknown class folder"),
+    ("wrong size", "is 64x64, not 48x48"),
+])
+def test_bad_folders_get_one_message_and_exit_2(tmp_path, capsys, case, message):
+    src = tmp_path / "src"
+    if case == "no split":
+        os.makedirs(src / "images")
+    elif case == "unknown class":
+        make_folders(src, [("train", "contempt", "Training_1.jpg")])
+    elif case == "wrong size":
+        make_folders(src, [("train", "angry", "Training_1.jpg")], size=64)
+    assert prepare.main(["--from", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out" / "fer2013.csv")
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tmp_path, capsys):
+    make_folders(tmp_path / "src")
+    bad = tmp_path / "src" / "train" / "angry" / "Training_11.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped (cannot be decoded): {bad}" in out and "skipped 1 unreadable images of 9" in out
+    assert len(data.get_dataset("fer2013", tmp_path / "out", "train")) == 4
+
+
+# ----------------------------------------------------------------------------- few labels
+
+
+def test_labels_per_class_is_balanced_seeded_and_a_subset():
+    base = data.FaceDataset("toy", ["a", "b", "c"], torch.zeros(30, 4, 4, dtype=torch.uint8),
+                            [0] * 20 + [1] * 8 + [2] * 2)
+    sub = data.labels_per_class(base, 5, seed=1)
+    assert [sub.labels.count(k) for k in range(3)] == [5, 5, 2]  # a class with fewer keeps all of its items
+    assert sub.indices == sorted(set(sub.indices)) and all(base.labels[i] == l for i, l in zip(sub.indices, sub.labels))
+    assert data.labels_per_class(base, 5, seed=1).indices == sub.indices  # seeded
+    assert data.labels_per_class(base, 5, seed=2).indices != sub.indices
+    assert sub.classes == base.classes and torch.equal(sub[0][0], base[sub.indices[0]][0])
+
+
+def test_eval_labels_per_class_draws_only_from_the_train_split(tmp_path, monkeypatch):
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 3)]
+                 + [("test", c, f"PrivateTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
+    assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
+    drawn = []
+    real = data.labels_per_class
+    monkeypatch.setattr(data, "labels_per_class", lambda d, n, seed: drawn.append((len(d), n, seed)) or real(d, n, seed))
+    out = tmp_path / "eval"
+    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--mode", "linear",
+                         "--epochs", "2", "--labels-per-class", "2", "--seed", "3", "--out", str(out)]) == 0
+    assert drawn == [(21, 2, 3)]  # the 21 training faces, never the 7 test ones
+    report = json.load(open(out / "eval_linear_fer2013_2pc.json"))
+    assert report["train_images"] == 14 and report["labels_per_class"] == 2
+    with pytest.raises(SystemExit) as e:
+        evaluate.cli(["--ckpt", "random", "--labels-per-class", "0"])
+    assert e.value.code == 2
+
+
+# ----------------------------------------------------------------------------- narrow ResNet, central mask
+
+
+def test_a_narrow_resnet_keeps_torchvisions_names_with_fewer_channels():
+    narrow, full = Backbone("resnet18", width=0.5).state_dict(), torchvision.models.resnet18().state_dict()
+    assert set(narrow) == set(full) - {"fc.weight", "fc.bias"}
+    for k, v in narrow.items():
+        if v.dim() == 4:  # conv weights (out, in, kh, kw): channels halved, the image's 3 kept
+            expected = (full[k].shape[0] // 2, 3 if full[k].shape[1] == 3 else full[k].shape[1] // 2, *full[k].shape[2:])
+            assert v.shape == expected, k
+    trunk = Backbone("resnet18", width=0.5)
+    assert trunk.dim == 256 and trunk(torch.randn(2, 3, 64, 64)).shape == (2, 256)
+    cfg = SimFLEConfig.preset("tiny", width=0.5)
+    assert cfg.backbone_channels == 256 and SimFLE(cfg).backbone.dim == 256
+    with pytest.raises(ValueError, match="width"):
+        SimFLEConfig.preset("tiny", width=0.0)
+
+
+def test_central_patches_are_the_ones_nearest_the_centre():
+    assert sorted(evaluate.central_patches(7, 9).tolist()) == [16, 17, 18, 23, 24, 25, 30, 31, 32]  # the 3x3 block
+    twelve = evaluate.central_patches(7, 12).tolist()
+    assert set(twelve) >= {16, 17, 18, 23, 24, 25, 30, 31, 32} and set(twelve) - set(twelve[:9]) == {10, 22, 26}
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+
+def test_probe_points_double_and_end_at_the_budget():
+    assert learning_curve.probe_points(14) == [1, 2, 4, 8, 14]
+    assert learning_curve.probe_points(8) == [1, 2, 4, 8] and learning_curve.probe_points(1) == [1]
+
+
+def test_curve_table_and_picture_from_rows(tmp_path):
+    path = str(tmp_path / "curve.jsonl")
+    rows = [{"arm": "random trunk", "seed": 0, "epoch": 0, "images": 0, "linear": 0.25, "knn": 0.2},
+            {"arm": "simclr", "seed": 0, "epoch": 1, "images": 100, "linear": 0.2, "knn": 0.21},
+            {"arm": "simclr", "seed": 1, "epoch": 1, "images": 100, "linear": 0.3, "knn": 0.23},
+            {"arm": "simclr", "seed": 0, "epoch": 2, "images": 200, "linear": 0.4, "knn": 0.3, "hit_rate": 0.3,
+             "hit_rate_random": 0.245, "hit_rate_central": 0.44},
+            {"arm": "semantic masking, untrained", "seed": 0, "epoch": 0, "images": 0, "hit_rate": 0.46,
+             "hit_rate_random": 0.245, "hit_rate_central": 0.44}]
+    for r in rows:
+        learning_curve.append_row(path, r)
+    learning_curve.draw(path)
+    table = open(tmp_path / "curve.md").read()
+    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 |" in table  # mean ± std over the seeds
+    assert "| simclr | 2 | 200 | 1 | 40.0 ± 0.0 | 30.0 ± 0.0 | 30.0 / 24.5 / 44.0 |" in table
+    assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | 46.0 / 24.5 / 44.0 |" in table
+    assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
