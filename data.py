@@ -148,6 +148,12 @@ class LabelledSubset(FaceDataset):
         return self.base[self.indices[i]]
 
 
+def random_subset(dataset, n, seed=0):
+    """A seeded random subset of at most n items of a FaceDataset, in the dataset's order: -> LabelledSubset."""
+    pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    return LabelledSubset(dataset, sorted(pick.tolist()))
+
+
 def labels_per_class(dataset, per_class, seed=0):
     """A seeded, class-balanced subset: `per_class` items of each class drawn at random (all of a class that has
     fewer), the rest unused: -> LabelledSubset in the dataset's order. The same seed gives the same subset."""

@@ -182,6 +182,11 @@ def embed(trunk, loader, device):
     return torch.cat(feats), torch.cat(labels)
 
 
+def frozen_features(trunk, dataset, size, device, workers=0):
+    """Pooled features of a dataset's images, resized to size x size (no augmentation): -> (n,C), (n,) labels."""
+    return embed(trunk, loader(data.ProbeView(dataset, size, train=False), 256, workers), device)
+
+
 def knn_predict(train_x, train_y, test_x, num_classes, k=20, temperature=0.07):
     """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> predicted classes."""
     train_x, test_x = torch.nn.functional.normalize(train_x, dim=1), torch.nn.functional.normalize(test_x, dim=1)
@@ -275,10 +280,10 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     but not the paper's protocol (say so when reporting). Returns the report dict and the trained head.
     """
     trunk = trunk.to(device).eval().requires_grad_(False)
-    test_x, test_y = embed(trunk, loader(data.ProbeView(test_base, size, train=False), 256, workers), device)
+    test_x, test_y = frozen_features(trunk, test_base, size, device, workers)
     cached = None
     if features == "cached":
-        cached = embed(trunk, loader(data.ProbeView(train_base, size, train=False), 256, workers), device)
+        cached = frozen_features(trunk, train_base, size, device, workers)
     return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device, epochs, batch_size,
                       lr, workers, seed)
 
@@ -331,8 +336,7 @@ def train_head(trunk, cached, test, classes, train_base=None, size=None, device=
 def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     """Weighted k-NN on frozen pooled features (cosine similarity, k = 20)."""
     trunk = trunk.to(device).eval()
-    (tx, ty), (vx, vy) = (embed(trunk, loader(data.ProbeView(b, size, train=False), 256, workers), device)
-                          for b in (train_base, test_base))
+    (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers) for b in (train_base, test_base))
     report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy, test_base.classes)
     report.update({"mode": "knn", "k": k})
     return report

@@ -329,9 +329,7 @@ def hit_rate_faces(args, setup, held_out):
     if setup.distributed:  # it runs BatchNorm in train mode: a SyncBatchNorm on rank 0 alone would wait for the rest
         setup.say("landmark hit rate off under DDP")
         return None
-    n = min(HIT_RATE_FACES, args.knn_samples, len(held_out))
-    pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(args.seed))[:n]
-    return data.LabelledSubset(held_out, sorted(pick.tolist()))
+    return data.random_subset(held_out, min(HIT_RATE_FACES, args.knn_samples), args.seed)
 
 
 @contextlib.contextmanager

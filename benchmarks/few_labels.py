@@ -29,9 +29,11 @@ import learning_curve  # noqa: E402  (this folder)
 from simfle import SimFLE  # noqa: E402
 
 
-def features(trunk, base, size, device):
-    return evaluate.embed(trunk.to(device).eval(), evaluate.loader(data.ProbeView(base, size, train=False), 256, 0),
-                          device)
+def trunks(ckpt, state, cfg):
+    """Fresh copies of the two trunks compared: {"pretrained": the checkpoint's, "random": as train.py initialised
+    the same configuration (it seeds torch right before it builds the model)}."""
+    torch.manual_seed(state["train"]["seed"])
+    return {"pretrained": evaluate.load_trunk(ckpt, state=state)[0], "random": SimFLE(cfg).backbone}
 
 
 def main(argv=None):
@@ -49,22 +51,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     state = evaluate.load_checkpoint(args.ckpt)
-    pretrained, cfg, _ = evaluate.load_trunk(args.ckpt, state=state)
-    torch.manual_seed(state["train"]["seed"])  # train.py seeds torch right before it builds the model
-    random_trunk = SimFLE(cfg).backbone
+    cfg = state["config_obj"]
     train_base = data.get_dataset(args.data, args.root, "train", render=True)
     held_out = data.get_dataset(args.data, args.root, args.split, render=True)
     classes = held_out.classes
-    trunks = {"pretrained": pretrained, "random": random_trunk}
-    feats = {name: (features(t, train_base, cfg.view_size, device), features(t, held_out, cfg.view_size, device))
-             for name, t in trunks.items()}
+    feats = {name: tuple(evaluate.frozen_features(t.to(device).eval(), b, cfg.view_size, device)
+                         for b in (train_base, held_out))
+             for name, t in trunks(args.ckpt, state, cfg).items()}
     results = {}  # (row, labels) -> [accuracy per subset]
     for labels in args.labels:
         subsets = [None] if labels == "all" else args.subsets
         for seed in subsets:
             subset = train_base if seed is None else data.labels_per_class(train_base, int(labels), seed)
             idx = torch.arange(len(train_base)) if seed is None else torch.tensor(subset.indices)
-            for name in trunks:
+            for name in feats:
                 (tx, ty), test = feats[name]
                 lr = learning_curve.probe_lr(tx[idx], ty[idx], classes, device, seed or 0)
                 report, _ = evaluate.train_head(None, (tx[idx], ty[idx]), test, classes, device=device, epochs=30,
@@ -73,12 +73,9 @@ def main(argv=None):
                 print(f"{labels} per class, subset {seed}: {name} linear {100 * report['last_epoch_accuracy']:.1f} % "
                       f"(lr {lr})", flush=True)
             if args.finetune and labels != "all":
+                fresh = trunks(args.ckpt, state, cfg)  # fine-tuning changes the weights: new copies each time
                 for name, row in (("pretrained", "pretrained trunk, fine-tuned"), ("random", "from scratch")):
-                    trunk = evaluate.load_trunk(args.ckpt, state=state)[0] if name == "pretrained" else None
-                    if trunk is None:
-                        torch.manual_seed(state["train"]["seed"])
-                        trunk = SimFLE(cfg).backbone
-                    report = evaluate.finetune(trunk, subset, held_out, cfg.view_size, device,
+                    report = evaluate.finetune(fresh[name], subset, held_out, cfg.view_size, device,
                                                epochs=args.finetune_epochs, seed=seed)
                     results.setdefault((row, labels), []).append(report["last_epoch_accuracy"])
                     print(f"{labels} per class, subset {seed}: {row} {100 * report['last_epoch_accuracy']:.1f} %",

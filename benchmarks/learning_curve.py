@@ -99,8 +99,7 @@ def datasets(args, seed):
     once. --probe-cap N probes with N training and N/4 held-out faces drawn at random (dry runs)."""
     splits = dataset(args.data, args.root, "train", seed), dataset(args.data, args.root, args.split, seed)
     if args.probe_cap:
-        splits = [data.LabelledSubset(b, sorted(torch.randperm(len(b), generator=torch.Generator().manual_seed(seed))
-                                                [:n].tolist())) for b, n in zip(splits, (args.probe_cap, args.probe_cap // 4))]
+        splits = [data.random_subset(b, n, seed) for b, n in zip(splits, (args.probe_cap, args.probe_cap // 4))]
     return splits
 
 
@@ -130,8 +129,7 @@ def measure(trunk, size, args, seed, device):
     split: -> {linear, knn, probe_lr}. Both read the same features, computed once."""
     train_base, held_out = datasets(args, seed)
     trunk = trunk.to(device).eval()
-    (tx, ty), (vx, vy) = (evaluate.embed(trunk, evaluate.loader(data.ProbeView(b, size, train=False), 256, 0), device)
-                          for b in (train_base, held_out))
+    (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device) for b in (train_base, held_out))
     lr = probe_lr(tx, ty, held_out.classes, device, seed)
     linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device, epochs=30,
                                     batch_size=256, lr=lr, seed=seed)
