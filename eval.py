@@ -342,8 +342,10 @@ def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     return report
 
 
-def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None, workers=0, seed=0):
-    """Fine-tune the whole network + a linear head: SGD momentum 0.9, wd 1e-4, cosine lr, RRC + flip."""
+def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None, workers=0, seed=0,
+             every_epoch=True):
+    """Fine-tune the whole network + a linear head: SGD momentum 0.9, wd 1e-4, cosine lr, RRC + flip. The test split
+    is scored after every epoch (the history eval.py draws), or with every_epoch=False after the last one only."""
     torch.manual_seed(seed)
     classes = test_base.classes
     batch_size = min(batch_size, len(train_base))
@@ -366,14 +368,15 @@ def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=2
             loss.backward()
             opt.step()
         sched.step()
-        model.eval()
-        logits, y = embed(model, test_loader, device)
-        history.append((logits.argmax(1) == y).float().mean().item())
+        if every_epoch or epoch == epochs - 1:
+            model.eval()
+            logits, y = embed(model, test_loader, device)
+            history.append((logits.argmax(1) == y).float().mean().item())
     report = classification_report(logits.argmax(1), y, classes)
-    best = max(range(epochs), key=lambda i: history[i])
+    best = max(range(len(history)), key=lambda i: history[i])
     report.update({"mode": "finetune", "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                   "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best], "best_epoch": best + 1,
-                   "history": history})
+                   "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],
+                   "best_epoch": epochs - len(history) + best + 1, "history": history})
     return report
 
 

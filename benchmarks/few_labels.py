@@ -76,7 +76,7 @@ def main(argv=None):
                 fresh = trunks(args.ckpt, state, cfg)  # fine-tuning changes the weights: new copies each time
                 for name, row in (("pretrained", "pretrained trunk, fine-tuned"), ("random", "from scratch")):
                     report = evaluate.finetune(fresh[name], subset, held_out, cfg.view_size, device,
-                                               epochs=args.finetune_epochs, seed=seed)
+                                               epochs=args.finetune_epochs, seed=seed, every_epoch=False)
                     results.setdefault((row, labels), []).append(report["last_epoch_accuracy"])
                     print(f"{labels} per class, subset {seed}: {row} {100 * report['last_epoch_accuracy']:.1f} %",
                           flush=True)

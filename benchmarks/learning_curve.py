@@ -367,7 +367,8 @@ def summarise(rows):
 
 
 def mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    """-> (mean, std over the values, or None for a single value: one seed has no spread to show)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def draw(path):
@@ -385,7 +386,7 @@ def draw(path):
             if "hit_rate" in rs[0]:
                 hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
                                  for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
-            lin, knn = ("–" if math.isnan(m) else f"{m:.1f} ± {s:.1f}" for m, s in (lin, knn))
+            lin, knn = ("–" if math.isnan(m) else f"{m:.1f}" + ("" if s is None else f" ± {s:.1f}") for m, s in (lin, knn))
             lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -407,7 +408,7 @@ def draw(path):
             if xs == [0]:  # a baseline: a horizontal line
                 ax.axhline(ms[0][0], ls="--", lw=1, color=f"C{k}", label=arm)
                 continue
-            ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
+            ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
                         label=arm)
         ax.set_xscale("log")
         ax.set_xlabel("images seen in pretraining (log scale)")
@@ -434,7 +435,7 @@ def draw(path):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = stem + ".tmp.png"
+    tmp = f"{stem}.{os.getpid()}.tmp.png"  # two runs may write the same picture: each its own temporary
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, stem + ".png")

@@ -16,6 +16,7 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import learning_curve  # noqa: E402
 import prepare_fer2013 as prepare  # noqa: E402
+import train  # noqa: E402
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
 
 # (split folder, class folder, file name): a re-packaging as public repositories hold it
@@ -128,6 +129,55 @@ def test_eval_labels_per_class_draws_only_from_the_train_split(tmp_path, monkeyp
     assert e.value.code == 2
 
 
+def toy_faces(n, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return data.FaceDataset("toy", [str(k) for k in range(classes)],
+                            torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8, generator=g),
+                            [k % classes for k in range(n)])
+
+
+def test_finetune_trains_the_trunk_and_scores_each_epoch_or_the_last_only():
+    cfg = SimFLEConfig.preset("tiny", width=0.25)
+    faces, reports, weights = toy_faces(24), {}, {}
+    for every in (True, False):
+        torch.manual_seed(0)
+        trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
+        before = trunk.conv1.weight.detach().clone()
+        reports[every] = evaluate.finetune(trunk, faces, faces, cfg.view_size, "cpu", epochs=3, batch_size=8, seed=1,
+                                           every_epoch=every)
+        assert not torch.equal(trunk.conv1.weight, before)  # the whole network is trained, not only the head
+        weights[every] = trunk.conv1.weight.detach().clone()
+    assert len(reports[True]["history"]) == 3 and len(reports[False]["history"]) == 1
+    assert reports[False]["best_epoch"] == 3
+    # scoring in between changes nothing of the training: the same weights and the same final accuracy
+    assert torch.equal(weights[True], weights[False])
+    assert reports[True]["last_epoch_accuracy"] == reports[False]["last_epoch_accuracy"]
+
+
+def test_few_labels_table_compares_the_trunks_on_the_same_class_balanced_labels(tmp_path):
+    import few_labels
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 4)]
+                 + [("test", c, f"PublicTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
+    assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
+    run = tmp_path / "run"
+    assert train.main(["--data", "fer2013", "--root", str(tmp_path), "--preset", "tiny", "--width", "0.25",
+                       "--batch-size", "14", "--epochs", "1", "--knn-samples", "0", "--probe", "false",
+                       "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
+    out = tmp_path / "few.md"
+    assert few_labels.main(["--ckpt", str(run / "last.pt"), "--data", "fer2013", "--root", str(tmp_path),
+                            "--labels", "2", "all", "--subsets", "0", "1", "--finetune", "--finetune-epochs", "1",
+                            "--out", str(out)]) == 0
+    table = open(out).read().splitlines()
+    assert [r.split(" |")[0] for r in table[6:]] == [
+        "| pretrained trunk, linear probe", "| random trunk, linear probe", "| from scratch",
+        "| pretrained trunk, fine-tuned"]
+    assert all(r.endswith(" – |") for r in table[8:])  # fine-tuning is for the few-label columns only
+    scores = json.load(open(tmp_path / "few.json"))
+    assert [len(scores[f"{r} | 2"]) for r in ("pretrained trunk, linear probe", "from scratch")] == [2, 2]
+    assert len(scores["random trunk, linear probe | all"]) == 1  # every label: one subset
+    assert all(0 <= a <= 1 for v in scores.values() for a in v)
+
+
 # ----------------------------------------------------------------------------- narrow ResNet, central mask
 
 
@@ -174,6 +224,6 @@ def test_curve_table_and_picture_from_rows(tmp_path):
     learning_curve.draw(path)
     table = open(tmp_path / "curve.md").read()
     assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 |" in table  # mean ± std over the seeds
-    assert "| simclr | 2 | 200 | 1 | 40.0 ± 0.0 | 30.0 ± 0.0 | 30.0 / 24.5 / 44.0 |" in table
+    assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 30.0 / 24.5 / 44.0 |" in table
     assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | 46.0 / 24.5 / 44.0 |" in table
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
