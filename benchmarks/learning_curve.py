@@ -405,12 +405,18 @@ def draw(path):
             if not xs:
                 continue
             ms = [mean_std([100 * r[key] for r in points[x]]) for x in xs]
-            if xs == [0]:  # a baseline: a horizontal line
-                ax.axhline(ms[0][0], ls="--", lw=1, color=f"C{k}", label=arm)
+            if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
+                (m, s), = ms
+                ax.axhline(m, ls="--", lw=1, color=f"C{k}", label=arm)
+                if s:
+                    ax.axhspan(m - s, m + s, color=f"C{k}", alpha=0.12, lw=0)
                 continue
             ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
                         label=arm)
         ax.set_xscale("log")
+        ticks = sorted({x for points in arms.values() for x in points if x > 0})
+        ax.set_xticks(ticks, [f"{x / 1000:,.0f}k" for x in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("images seen in pretraining (log scale)")
         ax.set_ylabel("val accuracy (%)")
         ax.set_title(title, fontsize=10)
