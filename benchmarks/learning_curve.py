@@ -371,6 +371,14 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def cell(values):
+    """A table cell: mean ± std over the seeds, the mean alone for one seed, "–" where nothing was measured."""
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
+
+
 def draw(path):
     """The curves of every row in `path`: <path>.png (linear probe and k-NN against images seen) and <path>.md."""
     rows = read_rows(path)
@@ -381,12 +389,11 @@ def draw(path):
     for arm, points in arms.items():
         for images in sorted(points):
             rs = points[images]
-            lin, knn = (mean_std([100 * r[k] for r in rs]) if k in rs[0] else (math.nan, 0.0) for k in ("linear", "knn"))
+            lin, knn = (cell([100 * r[k] for r in rs if k in r]) for k in ("linear", "knn"))
             hit = ""
             if "hit_rate" in rs[0]:
                 hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
                                  for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
-            lin, knn = ("–" if math.isnan(m) else f"{m:.1f}" + ("" if s is None else f" ± {s:.1f}") for m, s in (lin, knn))
             lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -399,6 +406,7 @@ def draw(path):
         return
     with_hits = any("hit_rate" in r for r in rows)
     fig, axes = plt.subplots(1, 3 if with_hits else 2, figsize=(15 if with_hits else 11, 4.5), dpi=110)
+    ticks = sorted({x for points in arms.values() for x in points if x > 0})
     for ax, key, title in zip(axes, ("linear", "knn"), ("linear probe (cached features)", "k-NN (k = 20)")):
         for k, (arm, points) in enumerate(arms.items()):
             xs = sorted(x for x in points if key in points[x][0])
@@ -413,11 +421,6 @@ def draw(path):
                 continue
             ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
                         label=arm)
-        ax.set_xscale("log")
-        ticks = sorted({x for points in arms.values() for x in points if x > 0})
-        ax.set_xticks(ticks, [f"{x / 1000:,.0f}k" for x in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("images seen in pretraining (log scale)")
         ax.set_ylabel("val accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -434,12 +437,15 @@ def draw(path):
             elif xs:
                 ax.plot(xs, [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs], marker="o",
                         color=f"C{k}", label=arm)
-        ax.set_xscale("log")
         ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
-        ax.set_xlabel("images seen in pretraining (log scale)")
         ax.set_ylabel("landmarks in visible patches (%)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    for ax in axes:  # one x axis for every panel: the budgets measured, on a log scale
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("images seen in pretraining (log scale)")
     fig.tight_layout()
     tmp = f"{stem}.{os.getpid()}.tmp.png"  # two runs may write the same picture: each its own temporary
     fig.savefig(tmp)
