@@ -2,6 +2,7 @@
 Does pretraining learn, and from which budget? Val accuracy against images seen, one line per arm.
 
     python benchmarks/learning_curve.py --data fer2013 --arms simclr+semantic --seeds 0 1 --images 400000
+    python benchmarks/learning_curve.py --data fer2013 --arms byol --seeds 0 --images 400000 --until 8   # part of it
     python benchmarks/learning_curve.py --data fer2013 --baselines --seeds 0
     python benchmarks/learning_curve.py --plot-only --out benchmarks/results/fer2013_curve.jsonl
 
@@ -19,8 +20,9 @@ training faces, and a linear classifier on pixels.
 
 Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in --out are
 not measured again, and a run continues from its last.pt in --runs (train.py --resume); if that checkpoint is gone
-the run starts again from its seed and reproduces the rows it had. After each point the picture (--out with .png)
-and a table (.md) are redrawn from every row in --out.
+the run starts again from its seed and reproduces the rows it had. --until EPOCH stops after that probe point without
+shortening the schedule: a later run with a larger --until (or none) goes on along the same curve. After each point
+the picture (--out with .png) and a table (.md) are redrawn from every row in --out.
 """
 import argparse
 import copy
@@ -83,6 +85,12 @@ def probe_points(epochs):
         points.append(e)
         e *= 2
     return points + [epochs]
+
+
+def points_now(args):
+    """The probe points this invocation measures: all of the budget's, or those up to --until (the lr schedule
+    stays the whole budget's, so a later run with a larger --until continues the same curve)."""
+    return [p for p in probe_points(args.epochs) if args.until is None or p <= args.until]
 
 
 # ----------------------------------------------------------------------------- measuring a trunk
@@ -163,7 +171,7 @@ def pretrain_arm(args, arm, seed, done, device):
     runtime = ["--device", args.device] + (["--workers", str(args.workers)] if args.workers is not None else [])
     base = options + ["--data", args.data, "--seed", str(seed), "--epochs", str(args.epochs), "--out", folder,
                       "--knn-samples", "0", "--probe", "false"] + (["--root", args.root] if args.root else []) + runtime
-    for epoch in probe_points(args.epochs):
+    for epoch in points_now(args):
         if epoch in done:
             continue
         steps = epoch * steps_per_epoch(args, seed)
@@ -219,7 +227,7 @@ def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, tru
         at, seconds = state["epoch"], state["seconds"]
     size = SimFLEConfig.preset("tiny", **config_overrides(args)).view_size
     for epoch in range(at, args.epochs):
-        if all(p in done for p in probe_points(args.epochs) if p > epoch):
+        if all(p in done for p in points_now(args) if p > epoch):
             break
         t0 = time.time()
         model.train()
@@ -227,7 +235,7 @@ def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, tru
         seconds += time.time() - t0
         train.save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": epoch + 1, "seconds": seconds})
-        if epoch + 1 in probe_points(args.epochs) and epoch + 1 not in done:
+        if epoch + 1 in points_now(args) and epoch + 1 not in done:
             row = {"arm": arm, "seed": seed, "epoch": epoch + 1,
                    "images": (epoch + 1) * steps_per_epoch(args, seed) * args.batch_size, "options": COMMON,
                    **measure(trunk, size, args, seed, device), "train_seconds": seconds}
@@ -465,6 +473,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--images", type=int, default=200_000, help="pretraining budget per arm, in images seen")
     p.add_argument("--epochs", type=int, default=None, help="the budget in epochs instead (overrides --images)")
+    p.add_argument("--until", type=int, default=None, metavar="EPOCH",
+                   help="stop after the probe point at this epoch (the schedule stays --images'); rerun to go on")
     p.add_argument("--batch-size", type=int, default=64, help="the tiny preset's")
     p.add_argument("--options", default="", help="more train.py options for every arm, e.g. '--crop-scale 0.3'")
     p.add_argument("--split", default="val", choices=["val", "test"], help="held-out split: val to choose, test once")
@@ -495,7 +505,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     args.epochs = args.epochs or max(1, math.ceil(args.images / per_epoch))
     print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = {args.epochs * per_epoch:,} images per "
-          f"arm; probed at epochs {probe_points(args.epochs)} on {args.split}", flush=True)
+          f"arm; probed at epochs {points_now(args)} on {args.split}", flush=True)
     for seed in args.seeds:
         rows = [r for r in read_rows(args.out) if r["seed"] == seed]
         if args.baselines:

@@ -210,6 +210,25 @@ def test_probe_points_double_and_end_at_the_budget():
     assert learning_curve.probe_points(8) == [1, 2, 4, 8] and learning_curve.probe_points(1) == [1]
 
 
+@pytest.mark.slow
+def test_a_curve_stopped_with_until_goes_on_where_it_stopped(tmp_path):
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 4)]
+                 + [("test", c, f"PublicTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
+    assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
+    out = str(tmp_path / "curve.jsonl")
+    common = ["--data", "fer2013", "--root", str(tmp_path), "--arms", "simclr,supervised", "--batch-size", "7",
+              "--epochs", "4", "--options", "--width 0.25", "--runs", str(tmp_path / "runs"), "--out", out]
+    assert learning_curve.main(common + ["--until", "2"]) == 0
+    assert [(r["arm"], r["epoch"]) for r in learning_curve.read_rows(out)] == [
+        ("simclr", 1), ("simclr", 2), ("supervised", 1), ("supervised", 2)]
+    assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 2 * 4
+    assert learning_curve.main(common) == 0  # the rest of the budget: epoch 4 only, from the checkpoints
+    rows = learning_curve.read_rows(out)
+    assert [(r["arm"], r["epoch"]) for r in rows[4:]] == [("simclr", 4), ("supervised", 4)]
+    assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2  # 28 faces, batch 7: 4 steps an epoch
+    assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
+
+
 def test_curve_table_and_picture_from_rows(tmp_path):
     path = str(tmp_path / "curve.jsonl")
     rows = [{"arm": "random trunk", "seed": 0, "epoch": 0, "images": 0, "linear": 0.25, "knn": 0.2},
