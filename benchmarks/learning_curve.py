@@ -5,6 +5,7 @@ Does pretraining learn, and from which budget? Val accuracy against images seen,
     python benchmarks/learning_curve.py --data fer2013 --arms byol --seeds 0 --images 400000 --until 8   # part of it
     python benchmarks/learning_curve.py --data fer2013 --baselines --seeds 0
     python benchmarks/learning_curve.py --plot-only --out benchmarks/results/fer2013_curve.jsonl
+    python benchmarks/learning_curve.py --data fer2013 --arms simclr --baselines --seeds 0 --images 400000 --split test
 
 Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own), stopped at the
 end of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr schedule is the whole run's), and
@@ -22,7 +23,9 @@ Rows are appended to --out (JSONL) as they are measured. The command is resumabl
 not measured again, and a run continues from its last.pt in --runs (train.py --resume); if that checkpoint is gone
 the run starts again from its seed and reproduces the rows it had. --until EPOCH stops after that probe point without
 shortening the schedule: a later run with a larger --until (or none) goes on along the same curve. After each point
-the picture (--out with .png) and a table (.md) are redrawn from every row in --out.
+the picture (--out with .png) and a table (.md) are redrawn from every row in --out. --split test reads the test
+split once, at the end: each arm's checkpoint as it stands in --runs (nothing is trained) and the baselines, into
+their own file (<data>_curve_test.jsonl).
 """
 import argparse
 import copy
@@ -171,6 +174,8 @@ def pretrain_arm(args, arm, seed, done, device):
     runtime = ["--device", args.device] + (["--workers", str(args.workers)] if args.workers is not None else [])
     base = options + ["--data", args.data, "--seed", str(seed), "--epochs", str(args.epochs), "--out", folder,
                       "--knn-samples", "0", "--probe", "false"] + (["--root", args.root] if args.root else []) + runtime
+    if args.split == "test":
+        return read_test(args, arm, seed, done, device, ckpt)
     for epoch in points_now(args):
         if epoch in done:
             continue
@@ -194,6 +199,29 @@ def pretrain_arm(args, arm, seed, done, device):
                **hit_rates(model, args, seed, device), "train_seconds": add_seconds(folder, 0.0)}
         append_row(args.out, row)
         draw(args.out)
+
+
+def read_test(args, arm, seed, done, device, ckpt, trunk=None, load=None):
+    """--split test: the arm's checkpoint as it stands in --runs, probed on test once (nothing is trained; a second
+    call finds the row and does nothing). train.py's checkpoints load themselves; the script's own arms pass their
+    trunk and a `load(state)` that puts the weights into it."""
+    if done:
+        return
+    if not os.path.exists(ckpt):
+        raise SystemExit(f"error: no checkpoint {ckpt} to read on test: run this arm's curve on val first")
+    if trunk is None:
+        state = evaluate.load_checkpoint(ckpt)
+        model, cfg = evaluate.load_model(ckpt, state)
+        trunk, size, epoch = model.backbone, cfg.view_size, state["step"] // steps_per_epoch(args, seed)
+        images = state["step"] * args.batch_size
+    else:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        load(state)
+        size, epoch = SimFLEConfig.preset("tiny", **config_overrides(args)).view_size, state["epoch"]
+        images = epoch * steps_per_epoch(args, seed) * args.batch_size
+    append_row(args.out, {"arm": arm, "seed": seed, "epoch": epoch, "images": images, "split": "test",
+                          **measure(trunk, size, args, seed, device)})
+    draw(args.out)
 
 
 def add_seconds(folder, seconds, restart=False):
@@ -220,6 +248,8 @@ def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, tru
     folder = run_folder(args, arm, seed)
     os.makedirs(folder, exist_ok=True)
     ckpt = os.path.join(folder, "arm.pt")
+    if args.split == "test":
+        return read_test(args, arm, seed, done, device, ckpt, trunk, lambda state: model.load_state_dict(state["model"]))
     at, seconds = 0, 0.0
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -355,6 +385,7 @@ def baselines(args, seed, done, device):
     for name, (t, size) in trunks.items():
         if name not in done:
             append_row(args.out, {"arm": name, "seed": seed, "epoch": 0, "images": 0, "options": COMMON,
+                                  **({"split": "test"} if args.split == "test" else {}),
                                   **measure(t, size, args, seed, device)})
     if train_base.num_landmarks and "semantic masking, untrained" not in done:  # where the hit rate starts
         torch.manual_seed(seed)
@@ -392,7 +423,9 @@ def draw(path):
     rows = read_rows(path)
     arms = summarise(rows)
     stem = os.path.splitext(path)[0]
-    lines = ["| arm | epoch | images seen | seeds | val linear probe (%) | val k-NN (%) | hit rate / random / central (%) |",
+    split = "test" if any(r.get("split") == "test" for r in rows) else "val"
+    lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
+             "hit rate / random / central (%) |",
              "|---|---|---|---|---|---|---|"]
     for arm, points in arms.items():
         for images in sorted(points):
@@ -429,7 +462,7 @@ def draw(path):
                 continue
             ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
                         label=arm)
-        ax.set_ylabel("val accuracy (%)")
+        ax.set_ylabel(f"{split} accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -477,16 +510,18 @@ def main(argv=None):
                    help="stop after the probe point at this epoch (the schedule stays --images'); rerun to go on")
     p.add_argument("--batch-size", type=int, default=64, help="the tiny preset's")
     p.add_argument("--options", default="", help="more train.py options for every arm, e.g. '--crop-scale 0.3'")
-    p.add_argument("--split", default="val", choices=["val", "test"], help="held-out split: val to choose, test once")
+    p.add_argument("--split", default="val", choices=["val", "test"],
+                   help="held-out split: val to choose; test once, for the checkpoints as they stand (no training)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (dry runs)")
     p.add_argument("--runs", default="runs/learning_curve")
-    p.add_argument("--out", default="benchmarks/results/fer2013_curve.jsonl")
+    p.add_argument("--out", default=None, help="rows (JSONL; default benchmarks/results/<data>_curve[_test].jsonl)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps (training and probes)")
     p.add_argument("--workers", type=int, default=None, help="train.py's data-loading processes (default: its own)")
     p.add_argument("--probe-cap", type=int, default=None, metavar="N",
                    help="probe with N training and N/4 held-out faces drawn at random instead of all (dry runs)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
+    args.out = args.out or f"benchmarks/results/{args.data}_curve{'_test' if args.split == 'test' else ''}.jsonl"
     if args.plot_only:
         draw(args.out)
         return 0
@@ -494,6 +529,8 @@ def main(argv=None):
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         p.error(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    if any(r.get("split", "val") != args.split for r in read_rows(args.out)):
+        p.error(f"{args.out} holds rows of another split: val and test rows go to their own files (--out)")
     if "--batch-size" in args.options:
         p.error("give the batch size as --batch-size, not inside --options")
     args.options += f" --batch-size {args.batch_size}" + (f" --max-steps {args.max_steps}" if args.max_steps else "")
@@ -504,8 +541,11 @@ def main(argv=None):
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
     args.epochs = args.epochs or max(1, math.ceil(args.images / per_epoch))
-    print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = {args.epochs * per_epoch:,} images per "
-          f"arm; probed at epochs {points_now(args)} on {args.split}", flush=True)
+    if args.split == "test":
+        print(f"{args.data}: the checkpoints in {args.runs} as they stand, probed on test once -> {args.out}", flush=True)
+    else:
+        print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = {args.epochs * per_epoch:,} images "
+              f"per arm; probed at epochs {points_now(args)} on val", flush=True)
     for seed in args.seeds:
         rows = [r for r in read_rows(args.out) if r["seed"] == seed]
         if args.baselines:

@@ -211,9 +211,10 @@ def test_probe_points_double_and_end_at_the_budget():
 
 
 @pytest.mark.slow
-def test_a_curve_stopped_with_until_goes_on_where_it_stopped(tmp_path):
+def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_path):
     make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 4)]
-                 + [("test", c, f"PublicTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
+                 + [("test", c, f"{u}_{k}.jpg") for u in ("PublicTest", "PrivateTest")
+                    for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     out = str(tmp_path / "curve.jsonl")
     common = ["--data", "fer2013", "--root", str(tmp_path), "--arms", "simclr,supervised", "--batch-size", "7",
@@ -227,6 +228,19 @@ def test_a_curve_stopped_with_until_goes_on_where_it_stopped(tmp_path):
     assert [(r["arm"], r["epoch"]) for r in rows[4:]] == [("simclr", 4), ("supervised", 4)]
     assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2  # 28 faces, batch 7: 4 steps an epoch
     assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
+    with pytest.raises(SystemExit):  # test rows never go into the val file
+        learning_curve.main(common + ["--split", "test"])
+    test_out = str(tmp_path / "curve_test.jsonl")
+    read_test = [a if a != out else test_out for a in common] + ["--split", "test", "--baselines"]
+    for _ in range(2):  # the second call finds the rows: test is read once
+        assert learning_curve.main(read_test) == 0
+        assert [(r["arm"], r["epoch"], r["split"]) for r in learning_curve.read_rows(test_out)] == [
+            ("random trunk", 0, "test"), ("random trunk, BN statistics", 0, "test"), ("pixels 32x32", 0, "test"),
+            ("simclr", 4, "test"), ("supervised", 4, "test")]  # the checkpoints as they stood: nothing trained
+    assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
+    assert "test linear probe" in open(str(tmp_path / "curve_test.md")).read()
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        learning_curve.main(read_test + ["--arms", "byol", "--out", str(tmp_path / "other.jsonl")])
 
 
 def test_curve_table_and_picture_from_rows(tmp_path):
