@@ -3,6 +3,7 @@ More images per CPU minute on FER2013's 48-px faces: what each input and model o
 
     python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 40               # images/s
     python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 180 --variants today,all      # + val probe
+    python benchmarks/bench_fer2013.py --folders FaceExp/data --variants simclr-alone,simclr+semantic,byol-alone,byol+semantic
 
 Each variant is a list of train.py options on top of `--preset tiny`. Phase 1 runs train.py (train.main, as a user
 runs it) for --steps steps of each variant, in turn, --rounds times, and reads images/s from its metrics.jsonl
@@ -39,6 +40,11 @@ VARIANTS = {
     "+origin-56-patch-8": "--data fer2013 --origin-size 56 --patch-size 8",
     "curves": "--data fer2013 --augment device --width 0.5",  # what learning_curve.py's arms use
     "all": "--data fer2013 --augment device --width 0.5 --origin-size 56 --patch-size 8",
+    # what FaceMAE costs on the curves' settings: SimFLE against its GFL alone
+    "simclr-alone": "--data fer2013 --augment device --width 0.5 --gfl simclr --use-facemae false",
+    "simclr+semantic": "--data fer2013 --augment device --width 0.5 --gfl simclr --masking semantic",
+    "byol-alone": "--data fer2013 --augment device --width 0.5 --gfl byol --use-facemae false",
+    "byol+semantic": "--data fer2013 --augment device --width 0.5 --gfl byol --masking semantic",
 }
 
 
