@@ -170,12 +170,12 @@ def pretrain_arm(args, arm, seed, done, device):
     """One self-supervised arm: train.py, stopped and probed at each point not yet in `done` (epochs)."""
     folder = run_folder(args, arm, seed)
     ckpt = os.path.join(folder, "last.pt")
+    if args.split == "test":
+        return read_test(args, arm, seed, done, device, ckpt)
     options = shlex.split(COMMON) + shlex.split(ARMS[arm]) + shlex.split(args.options)
     runtime = ["--device", args.device] + (["--workers", str(args.workers)] if args.workers is not None else [])
     base = options + ["--data", args.data, "--seed", str(seed), "--epochs", str(args.epochs), "--out", folder,
                       "--knn-samples", "0", "--probe", "false"] + (["--root", args.root] if args.root else []) + runtime
-    if args.split == "test":
-        return read_test(args, arm, seed, done, device, ckpt)
     for epoch in points_now(args):
         if epoch in done:
             continue
@@ -246,10 +246,11 @@ def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, tru
     steps_per_epoch batches; the model and optimiser are saved after each epoch and the trunk probed at the same
     points as train.py's arms. Resumes from its checkpoint."""
     folder = run_folder(args, arm, seed)
-    os.makedirs(folder, exist_ok=True)
     ckpt = os.path.join(folder, "arm.pt")
-    if args.split == "test":
-        return read_test(args, arm, seed, done, device, ckpt, trunk, lambda state: model.load_state_dict(state["model"]))
+    if args.split == "test":  # no folder made: a test read of a run that never was is an error, not an empty run
+        return read_test(args, arm, seed, done, device, ckpt, trunk,
+                         lambda state: model.load_state_dict(state["model"]))
+    os.makedirs(folder, exist_ok=True)
     at, seconds = 0, 0.0
     if os.path.exists(ckpt):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -542,7 +543,8 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     args.epochs = args.epochs or max(1, math.ceil(args.images / per_epoch))
     if args.split == "test":
-        print(f"{args.data}: the checkpoints in {args.runs} as they stand, probed on test once -> {args.out}", flush=True)
+        print(f"{args.data}: the checkpoints in {args.runs} as they stand, probed on test once -> {args.out}",
+              flush=True)
     else:
         print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = {args.epochs * per_epoch:,} images "
               f"per arm; probed at epochs {points_now(args)} on val", flush=True)

@@ -4,7 +4,7 @@ Is the linear probe's learning-rate grid wide enough? learning_curve.py chooses 
 trunk. This scores a wider grid (down to 0.0003) for a few trunks, on the same hold-out and on the held-out split:
 
     python benchmarks/probe_lr_check.py --data fer2013 --trunks random runs/learning_curve/fer2013-simclr-s0/last.pt \\
-        runs/learning_curve/fer2013-byol-s0/last.pt runs/learning_curve/fer2013-supervised-s0/arm.pt \\
+        runs/learning_curve/fer2013-byol-s0/last.pt runs/learning_curve/fer2013-lightly-byol-s0/arm.pt \\
         --out benchmarks/results/fer2013_probe_lr.md
 
 A trunk is "random" (learning_curve's random trunk of --seed), a train.py checkpoint, or a checkpoint of one of
@@ -26,23 +26,24 @@ WIDE_LRS = learning_curve.PROBE_LRS + (0.003, 0.001, 0.0003)
 
 
 def load(name, args, steps):
-    """-> (trunk, a short description; `steps` an epoch). learning_curve's own arms save the whole model: its trunk's weights are
-    those under "0." (supervised: trunk, then the linear layer) or "backbone." (lightly-byol)."""
+    """-> (trunk, a short description); `steps`: steps an epoch. learning_curve's own arms save their whole model as
+    arm.pt: the trunk's weights are those under "0." (supervised: trunk, then the linear layer) or "backbone."
+    (lightly-byol). Any other file is a train.py checkpoint."""
     cfg = SimFLEConfig.preset("tiny", **learning_curve.config_overrides(args))
     if name == "random":
         torch.manual_seed(args.seed)
         return SimFLE(cfg).backbone, f"random trunk, seed {args.seed}"
-    state = torch.load(name, map_location="cpu", weights_only=True)
-    if "config" in state:  # a train.py checkpoint
+    if os.path.basename(name) != "arm.pt":
         state = evaluate.load_checkpoint(name)
         return evaluate.load_trunk(name, state=state)[0], f"{name} (epoch {state['step'] / steps:g})"
+    state = torch.load(name, map_location="cpu", weights_only=True)
     trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     for prefix in ("0.", "backbone."):
         weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
         if weights:
             trunk.load_state_dict(weights)
             return trunk, f"{name} (epoch {state['epoch']})"
-    raise SystemExit(f"error: {name}: neither a train.py checkpoint nor one of learning_curve's arms")
+    raise SystemExit(f"error: {name}: no trunk weights under '0.' or 'backbone.' (not one of learning_curve's arms)")
 
 
 def main(argv=None):
@@ -88,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(evaluate.run_cli(main))
