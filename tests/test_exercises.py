@@ -144,17 +144,56 @@ def test_measurement_solutions_compute_what_they_ask():
 
 
 @pytest.mark.parametrize("name", MEASURE)
-def test_measurement_checker_reports_stub_pass_and_outside(name, capsys):
+def test_measurement_checker_grades_against_the_log_not_the_range(name, capsys):
     exercises.check_measurement(STUBS[name], [])
     assert capsys.readouterr().out.startswith(f"NOT DONE {name}")
-    low, high = exercises.EXPECTED[name]
-    inside, outside = (low + high) / 2, high + 1
-
-    def answer(history):
-        return history
-    answer.__name__ = name
-    exercises.check_measurement(answer, inside)
+    h = fake_history()
+    exercises.check_measurement(getattr(solutions, name), h)
     assert capsys.readouterr().out.startswith(f"PASS {name}")
-    exercises.check_measurement(answer, outside)
-    assert capsys.readouterr().out.startswith(f"OUTSIDE {name}")
+    low, high = exercises.EXPECTED[name]
     assert math.isfinite(low) and low < high
+
+    def typed_in(history):  # a number typed in, inside the range, is not an answer
+        return (low + high) / 2
+    typed_in.__name__ = name
+    exercises.check_measurement(typed_in, h)
+    assert capsys.readouterr().out.startswith(f"FAIL {name}")
+
+
+def test_measurement_checker_names_the_usual_misreadings(capsys):
+    h = fake_history()
+    last = h[-1]
+
+    def backbone_share(history):  # L_r counted: inside the range on the notebook's log, still wrong
+        return (last["L_s"] + last["L_r"] + last["alpha*L_d"]) / last["total"]
+    exercises.check_measurement(backbone_share, h)
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL backbone_share") and "L_r" in out
+
+    def grouping_share(history):  # the first step's share instead of the last
+        return history[0]["beta*l_g^2"] / history[0]["total"]
+    exercises.check_measurement(grouping_share, h)
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL grouping_share") and "first step" in out
+
+
+def test_measurement_pass_outside_the_range_says_the_run_differs(capsys):
+    h = fake_history()
+    h[-1]["l_g"] = h[0]["l_g"]  # l_g did not fall at all: a run unlike the notebook's
+    exercises.check_measurement(solutions.grouping_fall, h)
+    out = capsys.readouterr().out
+    assert out.startswith("PASS grouping_fall") and "outside" in out
+
+
+@pytest.mark.parametrize("name", [n for n in IMPLEMENT if hasattr(simfle, n)])  # ema_update is a method there
+def test_calling_the_project_itself_is_not_an_answer(name, tmp_path):
+    answer = [("your own code", f"it calls the project's own {name} (simfle.py): write the computation itself")]
+    assert exercises.failures(getattr(simfle, name), name) == answer
+    # a wrapper written in a cell or a file: the source is read, as Jupyter keeps each cell's
+    path = tmp_path / f"wrapper_{name}.py"
+    path.write_text(f"import simfle\n\n\ndef {name}(*args):\n    return simfle.{name}(*args)\n")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert exercises.failures(getattr(module, name), name) == answer
+    assert exercises.failures(getattr(solutions, name), name) == []  # the solutions call simfle's helpers, not it

@@ -88,6 +88,22 @@ def test_committed_notebook_is_what_the_builder_writes():
     assert committed == built, "tutorial.ipynb differs from tools/make_tutorial.py: python tools/make_tutorial.py --execute"
 
 
+def test_keep_outputs_is_for_prose_edits_only():
+    """--keep-outputs carries the committed outputs over only while every code cell is unchanged; cell ids are stable."""
+    make = builder()
+    nb, committed = make.build(), read()
+    assert [c.id for c in nb.cells] == [c.id for c in make.build().cells] == [c.id for c in committed.cells]
+    md = next(c for c in nb.cells if c.cell_type == "markdown")
+    md.source += "\n\nA new sentence."
+    make.keep_outputs(nb, committed)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.outputs for c in code] == [c.outputs for c in committed.cells if c.cell_type == "code"]
+    changed = make.build()
+    next(c for c in changed.cells if c.cell_type == "code").source += "\nx = 1"
+    with pytest.raises(SystemExit, match="code cell 1 differs"):
+        make.keep_outputs(changed, committed)
+
+
 def test_notebook_calls_the_project_instead_of_copying_it():
     nb = read()
     # the exercise cells are stubs the student fills in (the same names as simfle.py's pieces): only a stub there

@@ -3,6 +3,7 @@ Build tutorial.ipynb from the cells below, and (with --execute) run it once so i
 
     python tools/make_tutorial.py             # cells only, no outputs
     python tools/make_tutorial.py --execute   # run top to bottom on CPU and keep the outputs (a few minutes)
+    python tools/make_tutorial.py --keep-outputs   # prose edits only: the committed outputs, code cells unchanged
     python tools/make_tutorial.py --solutions --out tutorial_solutions.ipynb   # the exercises filled in
 
 Edit the notebook here, not in Jupyter: the cells stay reviewable as plain text and the committed outputs
@@ -25,8 +26,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "tutorial.ipynb")
 SOLUTIONS = os.path.join(ROOT, "tutorial_solutions.py")
-# The GitHub repository (owner/name) the "Open in Colab" badge points at. Set it here and rebuild; the notebook's
-# first cell has the one place where a reader sets the same address (REPO_URL).
+# The GitHub repository (owner/name) the "Open in Colab" badge and the first cell's REPO_URL point at. Set it here and
+# rebuild with --execute; until then a reader sets REPO_URL in the first code cell.
 REPO = "<owner>/simfle"
 
 sys.path.insert(0, ROOT)
@@ -75,9 +76,10 @@ then pretrains for a minute on the CPU and probes the result. Every step calls t
 (`simfle.py`, `data.py`, `eval.py`); nothing of the model is re-written here, except in section 9, where
 **you** write five of its pieces and a checker grades each one.
 
-**Run it** top to bottom, on a CPU, in three to five minutes. **On Colab** (the badge above): set `REPO_URL`
-in the first code cell, the one place to edit. **Locally**: `pip install -r requirements.txt`, then open the
-notebook from the repository's folder; `REPO_URL` is not needed.
+**Run it** top to bottom, on a CPU, in three to five minutes. **On Colab** (the badge above): the first code
+cell fetches the repository from `REPO_URL`; if it still says `<owner>`, set it there, the one place to edit.
+**Locally**: `pip install -r requirements.txt jupyterlab`, then open the notebook from the repository's folder
+(or in VS Code); `REPO_URL` is not needed.
 """)
 
 code(r'''
@@ -106,7 +108,7 @@ if missing:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
 os.environ.setdefault("TQDM_DISABLE", "1")  # short cell outputs: no progress bars from the probes
 print("running on", "Colab" if IN_COLAB else "a local kernel")
-''')
+'''.replace('"https://github.com/<owner>/simfle"', f'"https://github.com/{REPO}"', 1))  # REPO, set at the top
 
 code(r'''
 import copy
@@ -729,7 +731,7 @@ own pair down is what longer training does (and what the linear probe of section
 Sixty steps are a glimpse, not a result. The channels have begun to separate, but nothing yet ties a group
 to a landmark, and the landmark hit rate has hardly moved; it stays near the fixed central mask. Over the
 quick start's longer run it *falls* (from 46 % towards 33 %): the trained backbone's maps lose their focus
-on the landmarks, and many groups settle off them (the README's *Evidence* section measures why). Fifteen
+on the landmarks, and many groups settle off them (`benchmarks/README.md`, *The mechanism*, measures why). Fifteen
 times longer (30 epochs) it climbs back, to the untrained level on average (45 %, three seeds) and 54 % in
 the best group. The reconstructions are still blurry. The paper trains for 100 epochs; `python train.py`
 runs the `tiny` preset for 2 epochs on 4000 synthetic faces (the README gives its time and numbers, and
@@ -817,7 +819,7 @@ like a loss from training is the change of statistics alone. So the pretrained t
 the random trunk with BN statistics; after 60 steps the two are still close. The comparison becomes
 meaningful after a real run: `python train.py` ends with the same linear probe of its trunk against the
 random ones, and `python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks` runs the landmark
-probe (the README's quick start and evidence sections give both).
+probe (`benchmarks/README.md`, *The synthetic faces at the quick start's budget*, gives both).
 """)
 
 # ----------------------------------------------------------------------------- 9. exercises
@@ -825,12 +827,12 @@ probe (the README's quick start and evidence sections give both).
 md(r"""
 ## 9. Exercises
 
-**Implement it.** Five pieces of the paper, each a function of `simfle.py` that you write yourself from the
+**Implement it.** Five pieces of the paper, each a piece of `simfle.py` that you write yourself from the
 paper's description. Fill in the stub (replace `raise NotImplementedError`), run its cell, then run the
-checker below it: `exercises.check` runs the project's meaning tests (those of `tests/test_simfle.py`:
+checker below it: `exercises.check` runs cases modelled on the project's tests (`tests/test_simfle.py`:
 exact mask counts, which patches stay visible, the EMA formula, the reference values of each loss) against
 *your* function and prints **PASS**, or each failing case with what it expected and what it got. Until you
-fill a stub in, its checker says **NOT DONE**. The answers are in `tutorial_solutions.py`; peek only after
+fill a stub in, its checker says **NOT DONE**; calling `simfle.py`'s own version is not an answer. The answers are in `tutorial_solutions.py`; peek only after
 trying. The stars grade the difficulty.
 """)
 
@@ -844,7 +846,7 @@ md(r"""
 ### Exercise 1 ★★ — keep the most activated patches (semantic masking)
 
 Section 4's last step: given one score per patch, keep the `num_keep` best visible and mask the rest, with
-MAE's bookkeeping. `ids_keep` are the kept patches, best first; `mask` is 1 for a masked patch, 0 for a
+MAE's bookkeeping. `ids_keep` are the kept patches (any order); `mask` is 1 for a masked patch, 0 for a
 visible one, in the image's patch order; `ids_restore` is the permutation that puts the decoder's tokens
 (the kept ones first, then the masked ones) back in image order. *Hint:* `torch.argsort` twice.
 """)
@@ -936,9 +938,10 @@ md(rf"""
 ### Measurement questions
 
 Answer each from section 7's log, `history` (one dict per step with the keys `L_s`, `L_r`, `alpha*L_d`,
-`beta*l_g^2`, `l_g`, `total`), by writing the function that computes it; `exercises.check_measurement` says
-whether your number lies in the range expected after 60 steps (measured with the notebook's code for the
-training seeds 0, 1 and 2: the model's initialisation and the batches).
+`beta*l_g^2`, `l_g`, `total`), by writing the function that computes it; `exercises.check_measurement`
+compares your number with what the log gives (and names the usual misreadings). The expected ranges are what
+60 steps give (measured with the notebook's code for the training seeds 0, 1 and 2: the model's
+initialisation and the batches).
 
 **M1.** What share of the total loss at the last step is β·l_g²? Expected: **{expected("grouping_share")}**.
 What does that say about reading the total loss as a progress bar?
@@ -993,7 +996,8 @@ function of section 7; for numbers you can trust, use `train.py` with the same o
   the two apart after a real run (`python train.py --masking random`)?
 * **The number of groups.** `groups=8` or `groups=128`: does `group_spread` find more distinct masks?
 * **Another GFL method.** `gfl="simclr"` has no predictor and no target: its loss needs the other faces of
-  the batch as negatives. Does its matrix of pairs show the column stripes of BYOL's?
+  the batch as negatives. Does its matrix of pairs show the column stripes of BYOL's? (`byol_pairs` needs
+  BYOL's predictor and target: for SimCLR, compare `F.normalize(z1) @ F.normalize(z2).T` of the projector's outputs.)
 * **The EMA momentum.** `ema=0.0` copies the online network every step, `ema=1.0` freezes the target.
   Which one collapses (the cosine between two faces' predictions goes to 1), which one stalls?
 
@@ -1034,6 +1038,8 @@ def solution_source(name):
 def build(solutions=False):
     """The notebook; with solutions=True every exercise stub is replaced by its solution."""
     cells = copy.deepcopy(CELLS)
+    for i, cell in enumerate(cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: a rebuild's diff shows only what changed
     if solutions:
         for cell in cells:
             if "exercise" in cell.metadata:
@@ -1068,9 +1074,25 @@ def execute(nb, timeout=600):
     return nb
 
 
+def keep_outputs(nb, committed):
+    """Give nb the outputs of the committed notebook, cell for cell: only when every code cell is unchanged, so that
+    the outputs still come from one clean run of exactly this code (a changed code cell needs --execute)."""
+    new = [c for c in nb.cells if c.cell_type == "code"]
+    old = [c for c in committed.cells if c.cell_type == "code"]
+    changed = [i for i, (a, b) in enumerate(zip(new, old), 1) if a.source != b.source]
+    if len(new) != len(old) or changed:
+        where = f"code cell {changed[0]}" if changed else f"{len(new)} code cells against {len(old)}"
+        raise SystemExit(f"error: --keep-outputs needs the code cells unchanged ({where} differs): use --execute")
+    for a, b in zip(new, old):
+        a.outputs, a.execution_count = b.outputs, b.execution_count
+    return nb
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--execute", action="store_true", help="run the notebook and keep its outputs")
+    p.add_argument("--keep-outputs", action="store_true",
+                   help="keep tutorial.ipynb's outputs (allowed only when no code cell changed: a prose edit)")
     p.add_argument("--solutions", action="store_true",
                    help="put tutorial_solutions.py's answers in place of the exercise stubs (write it elsewhere: --out)")
     p.add_argument("--out", default=None, help="where to write the notebook (default: tutorial.ipynb)")
@@ -1083,6 +1105,8 @@ def main(argv=None):
         t0 = time.time()
         execute(nb)
         print(f"executed in {time.time() - t0:.0f} s")
+    elif args.keep_outputs:
+        keep_outputs(nb, nbformat.read(NOTEBOOK, as_version=4))
     nbformat.validate(nb)
     nbformat.write(nb, out)
     print(f"wrote {out}")
