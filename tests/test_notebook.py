@@ -267,4 +267,5 @@ def test_notebook_runs_top_to_bottom_in_a_kernel(tmp_path, monkeypatch):
     for name in exercises:  # every checker passes against the solutions; the measurements lie in their ranges
         assert re.search(rf"^PASS {name}: ", text, re.M), f"the checker of {name} did not pass"
     assert not re.search(r"^(FAIL|OUTSIDE|NOT DONE) ", text, re.M)
+    assert not re.search(r"^PASS .*\boutside\b", text, re.M), "a measurement left its expected range"
     check_claims(text)
