@@ -3,6 +3,7 @@ More images per CPU minute on FER2013's 48-px faces: what each input and model o
 
     python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 40               # images/s
     python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 180 --variants today,all      # + val probe
+    python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 420 --variants today,curves,all --options "--gfl simclr"
     python benchmarks/bench_fer2013.py --folders FaceExp/data --variants simclr-alone,simclr+semantic,byol-alone,byol+semantic
 
 Each variant is a list of train.py options on top of `--preset tiny`. Phase 1 runs train.py (train.main, as a user
@@ -85,6 +86,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=40, help="steps per variant and round (batch 64)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--wall", type=float, default=0, help="phase 2: seconds of training per variant (0: skip)")
+    p.add_argument("--options", default="", help="more train.py options for every variant, e.g. '--gfl simclr'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs/bench_fer2013")
     p.add_argument("--out", default="benchmarks/results/bench_fer2013.md")
@@ -93,21 +95,24 @@ def main(argv=None):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    def options(n):
+        return (VARIANTS[n].format(folders=args.folders) + " " + args.options).strip()
+
     speeds = {n: [] for n in names}
     for r in range(args.rounds):  # in turn, so that a slow spell of a shared machine hits every variant
         for n in names:
-            ips, _ = run(n, VARIANTS[n].format(folders=args.folders), args.steps, args.seed, args.runs)
+            ips, _ = run(n, options(n), args.steps, args.seed, args.runs)
             speeds[n].append(ips)
             print(f"round {r + 1}: {n}: {ips:.1f} images/s", flush=True)
     base = statistics.median(speeds[names[0]])
     rows = []
     for n in names:
         ips = statistics.median(speeds[n])
-        row = {"variant": n, "options": VARIANTS[n], "images_per_s": ips, "runs": speeds[n], "x_first": ips / base}
+        row = {"variant": n, "options": options(n).replace(args.folders, "{folders}"), "images_per_s": ips, "runs": speeds[n], "x_first": ips / base}
         if args.wall:
             steps = max(1, round(args.wall * ips / 64))
             t0 = time.time()
-            _, folder = run(n, VARIANTS[n].format(folders=args.folders), steps, args.seed, args.runs)
+            _, folder = run(n, options(n), steps, args.seed, args.runs)
             row.update(steps=steps, train_s=time.time() - t0,
                        **{f"{k}_{m}": v for k, r in probe(os.path.join(folder, "last.pt"), torch.device("cpu"),
                                                           args.seed).items() for m, v in r.items()})
@@ -117,7 +122,9 @@ def main(argv=None):
              f"`python benchmarks/bench_fer2013.py {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`", "",
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; batch 64, "
              f"{args.steps} steps x {args.rounds} rounds per variant, median; images/s = the epoch's images over its "
-             f"wall time (loading, views and step).", ""]
+             f"wall time (loading, views and step)." + (f" Then each variant trains for {args.wall:.0f} s' worth of "
+             f"its images/s (seed {args.seed}) and its trunk is probed on val (PublicTest) beside a random trunk of "
+             f"the same width." if args.wall else ""), ""]
     header = "| variant | train.py options | images/s | x first row |"
     if args.wall:
         header += " steps in the wall time | val linear, trained (%) | val linear, random (%) | val k-NN, trained (%) | val k-NN, random (%) |"
