@@ -3,21 +3,26 @@ More images per CPU minute on FER2013's 48-px faces: what each input and model o
 
     python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 40               # images/s
     python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 180 --variants today,all      # + val probe
-    python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 420 --variants today,curves,all --options "--gfl simclr"
+    python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 30 --wall 420 --variants today,curves,all \
+        --options "--gfl simclr" --out benchmarks/results/bench_fer2013_wall.md
+    python benchmarks/bench_fer2013.py --probe-only --out benchmarks/results/bench_fer2013_wall.md   # probe those again
     python benchmarks/bench_fer2013.py --folders FaceExp/data --variants simclr-alone,simclr+semantic,byol-alone,byol+semantic
 
 Each variant is a list of train.py options on top of `--preset tiny`. Phase 1 runs train.py (train.main, as a user
 runs it) for --steps steps of each variant, in turn, --rounds times, and reads images/s from its metrics.jsonl
 (the whole epoch's images over its wall time: loading, augmentation and the step). Phase 2 (--wall S) trains each
-variant for S seconds' worth of its own measured speed, then probes its trunk on val (PublicTest): a linear probe on
-cached pooled features of the training faces (30 epochs, batch 256) and a k-NN, beside the random trunk of the
-same architecture. The table goes to --out (markdown) and the rows to --out with .jsonl.
+variant for S seconds' worth of its own measured speed (one cosine schedule over them all), then probes its trunk on
+val (PublicTest) as learning_curve.py does: a linear probe on cached pooled features of the training faces (30
+epochs, batch 256, its lr chosen on a train hold-out) and a k-NN, beside the random trunk of the same architecture.
+--probe-only probes again the checkpoints that an earlier --wall run left in --runs, from its rows, without training.
+The table goes to --out (markdown) and the rows to --out with .jsonl.
 
 "+x" is the in-memory csv with option x; "all" has every option. "today" is train.py before these options: the FER2013 image folders (`--data folder`), decoded every epoch.
 """
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -30,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
+import learning_curve  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLEConfig  # noqa: E402
 
@@ -49,10 +55,13 @@ VARIANTS = {
 }
 
 
-def run(name, options, steps, seed, out):
-    """train.py for `steps` steps of one epoch: -> (images/s, run folder)."""
+def run(name, options, steps, seed, out, epoch_steps=None):
+    """train.py for about `steps` steps, one cosine schedule over all of them: -> (images/s, run folder). Steps beyond
+    one epoch of the training faces (`epoch_steps`) become more epochs of ceil(steps / epochs) steps each."""
     folder = os.path.join(out, name.lstrip("+"))
-    argv = shlex.split(options) + ["--preset", "tiny", "--epochs", "1", "--max-steps", str(steps), "--seed", str(seed),
+    epochs = math.ceil(steps / epoch_steps) if epoch_steps else 1
+    argv = shlex.split(options) + ["--preset", "tiny", "--epochs", str(epochs), "--max-steps",
+                                   str(math.ceil(steps / epochs)), "--seed", str(seed),
                                    "--knn-samples", "0", "--probe", "false", "--out", folder]
     if os.path.exists(os.path.join(folder, "metrics.jsonl")):
         os.remove(os.path.join(folder, "metrics.jsonl"))
@@ -64,24 +73,19 @@ def run(name, options, steps, seed, out):
 
 
 def probe(ckpt, device, seed):
-    """Val accuracy of a trained trunk and of the random trunk of the same architecture: linear (cached) and k-NN."""
+    """Val accuracy of a trained trunk and of the random trunk of the same architecture, measured as the learning
+    curves measure it (learning_curve.measure: cached features, the probe's lr chosen on a train hold-out, k-NN)."""
     trunk, cfg, _ = evaluate.load_trunk(ckpt)
     torch.manual_seed(seed)
     random_trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
-    train_base = data.get_dataset("fer2013", None, "train")
-    val_base = data.get_dataset("fer2013", None, "val")
-    rows = {}
-    for name, t in (("trained", trunk), ("random", random_trunk)):
-        linear, _ = evaluate.linear_probe(t, train_base, val_base, cfg.view_size, device, epochs=30, batch_size=256,
-                                          features="cached", seed=seed)
-        knn = evaluate.knn_eval(t, train_base, val_base, cfg.view_size, device)
-        rows[name] = {"linear": linear["last_epoch_accuracy"], "knn": knn["accuracy"]}
-    return rows
+    where = argparse.Namespace(data="fer2013", root=None, split="val", probe_cap=0)
+    return {name: learning_curve.measure(t, cfg.view_size, where, seed, device)
+            for name, t in (("trained", trunk), ("random", random_trunk))}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--folders", required=True, help="FER2013 image folders (train/<class>/, test/<class>/), for 'today'")
+    p.add_argument("--folders", help="FER2013 image folders (train/<class>/, test/<class>/), for 'today'")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     p.add_argument("--steps", type=int, default=40, help="steps per variant and round (batch 64)")
     p.add_argument("--rounds", type=int, default=2)
@@ -90,11 +94,28 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs/bench_fer2013")
     p.add_argument("--out", default="benchmarks/results/bench_fer2013.md")
+    p.add_argument("--probe-only", action="store_true",
+                   help="probe again the checkpoints of the --wall run whose rows are in --out's .jsonl; no training")
     args = p.parse_args(argv)
-    names = args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    command = "python benchmarks/bench_fer2013.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.folders:
+        command = command.replace(args.folders, "<FER2013 image folders>")  # no path of this machine in the results
+    if args.probe_only:
+        rows = reprobe(args, command)
+    else:
+        names = args.variants.split(",")
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        if not args.folders and any("{folders}" in VARIANTS[n] for n in names):
+            p.error("--folders is needed for the variant 'today' (the FER2013 image folders)")
+        rows = measure(args, names, command)
+    write(rows, args.out)
+    return 0
+
+
+def measure(args, names, command):
+    """Phase 1 (images/s of every variant, in turn) and, with --wall, phase 2 (train for the wall time, probe)."""
     def options(n):
         return (VARIANTS[n].format(folders=args.folders) + " " + args.options).strip()
 
@@ -105,43 +126,74 @@ def main(argv=None):
             speeds[n].append(ips)
             print(f"round {r + 1}: {n}: {ips:.1f} images/s", flush=True)
     base = statistics.median(speeds[names[0]])
+    epoch_steps = len(data.get_dataset("fer2013", None, "train")) // 64 if args.wall else None
+    settings = {"command": command, "steps_per_round": args.steps, "rounds": args.rounds, "wall": args.wall,
+                "seed": args.seed, "date": str(datetime.date.today())}
     rows = []
     for n in names:
         ips = statistics.median(speeds[n])
-        row = {"variant": n, "options": options(n).replace(args.folders, "{folders}"), "images_per_s": ips, "runs": speeds[n], "x_first": ips / base}
+        row = {"variant": n, "options": options(n).replace(args.folders or "{folders}", "{folders}"), "images_per_s": ips,
+               "runs": speeds[n], "x_first": ips / base, **settings}
         if args.wall:
             steps = max(1, round(args.wall * ips / 64))
+            epochs = math.ceil(steps / epoch_steps)
+            steps = epochs * math.ceil(steps / epochs)  # what run() trains
             t0 = time.time()
-            _, folder = run(n, options(n), steps, args.seed, args.runs)
-            row.update(steps=steps, train_s=time.time() - t0,
+            _, folder = run(n, options(n), steps, args.seed, args.runs, epoch_steps)
+            row.update(steps=steps, train_s=time.time() - t0, folder=folder,
                        **{f"{k}_{m}": v for k, r in probe(os.path.join(folder, "last.pt"), torch.device("cpu"),
                                                           args.seed).items() for m, v in r.items()})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    lines = [f"# FER2013, tiny preset: images/s per option ({datetime.date.today()})", "",
-             f"`python benchmarks/bench_fer2013.py {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`", "",
+    return rows
+
+
+def reprobe(args, command):
+    """The rows of an earlier --wall run, their trunks probed again (e.g. after a change of the probe)."""
+    path = os.path.splitext(args.out)[0] + ".jsonl"
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --probe-only reads the rows of an earlier --wall run from {path}; there is none")
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    for row in rows:
+        ckpt = os.path.join(row.get("folder") or os.path.join(args.runs, row["variant"].lstrip("+")), "last.pt")
+        if "steps" not in row or not os.path.exists(ckpt):
+            raise SystemExit(f"error: {row['variant']}: no --wall checkpoint at {ckpt} to probe again")
+        row.update({f"{k}_{m}": v for k, r in probe(ckpt, torch.device("cpu"), row.get("seed", args.seed)).items()
+                    for m, v in r.items()}, probed_by=command)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def write(rows, out):
+    """The markdown table (and the rows as .jsonl) at `out`."""
+    first = rows[0]
+    wall = "steps" in first
+    lines = [f"# FER2013, tiny preset: images/s per option ({first.get('date', datetime.date.today())})", "",
+             f"`{first.get('command', 'python benchmarks/bench_fer2013.py')}`"
+             + (f"; probed again by `{first['probed_by']}`" if "probed_by" in first else ""), "",
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; batch 64, "
-             f"{args.steps} steps x {args.rounds} rounds per variant, median; images/s = the epoch's images over its "
-             f"wall time (loading, views and step)." + (f" Then each variant trains for {args.wall:.0f} s' worth of "
-             f"its images/s (seed {args.seed}) and its trunk is probed on val (PublicTest) beside a random trunk of "
-             f"the same width." if args.wall else ""), ""]
+             f"{first.get('steps_per_round')} steps x {first.get('rounds')} rounds per variant, median; images/s = the "
+             f"epoch's images over its wall time (loading, views and step)." + (
+                 f" Then each variant trains for {first['wall']:.0f} s' worth of its images/s (one cosine schedule, "
+                 f"seed {first['seed']}) and its trunk is probed on val (PublicTest) as learning_curve.py probes "
+                 f"(lr chosen on a train hold-out) beside a random trunk of the same width." if wall else ""), ""]
     header = "| variant | train.py options | images/s | x first row |"
-    if args.wall:
-        header += " steps in the wall time | val linear, trained (%) | val linear, random (%) | val k-NN, trained (%) | val k-NN, random (%) |"
+    if wall:
+        header += (" steps in the wall time | val linear, trained (%) | val linear, random (%) | val k-NN, trained (%) "
+                   "| val k-NN, random (%) |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         line = f"| {r['variant']} | `{r['options']}` | {r['images_per_s']:.1f} | {r['x_first']:.2f} |"
-        if args.wall:
+        if wall:
             line += (f" {r['steps']} | {100 * r['trained_linear']:.1f} | {100 * r['random_linear']:.1f} | "
                      f"{100 * r['trained_knn']:.1f} | {100 * r['random_knn']:.1f} |")
         lines.append(line)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
-    with open(os.path.splitext(args.out)[0] + ".jsonl", "w") as f:
+    with open(os.path.splitext(out)[0] + ".jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
