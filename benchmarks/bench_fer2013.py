@@ -55,13 +55,11 @@ VARIANTS = {
 }
 
 
-def run(name, options, steps, seed, out, epoch_steps=None):
-    """train.py for about `steps` steps, one cosine schedule over all of them: -> (images/s, run folder). Steps beyond
-    one epoch of the training faces (`epoch_steps`) become more epochs of ceil(steps / epochs) steps each."""
+def run(name, options, epochs, steps_per_epoch, seed, out):
+    """train.py for `epochs` epochs of `steps_per_epoch` steps, one cosine schedule over them: -> (images/s, folder)."""
     folder = os.path.join(out, name.lstrip("+"))
-    epochs = math.ceil(steps / epoch_steps) if epoch_steps else 1
     argv = shlex.split(options) + ["--preset", "tiny", "--epochs", str(epochs), "--max-steps",
-                                   str(math.ceil(steps / epochs)), "--seed", str(seed),
+                                   str(steps_per_epoch), "--seed", str(seed),
                                    "--knn-samples", "0", "--probe", "false", "--out", folder]
     if os.path.exists(os.path.join(folder, "metrics.jsonl")):
         os.remove(os.path.join(folder, "metrics.jsonl"))
@@ -74,13 +72,14 @@ def run(name, options, steps, seed, out, epoch_steps=None):
 
 def probe(ckpt, device, seed):
     """Val accuracy of a trained trunk and of the random trunk of the same architecture, measured as the learning
-    curves measure it (learning_curve.measure: cached features, the probe's lr chosen on a train hold-out, k-NN)."""
+    curves measure it (learning_curve.measure: cached features, the probe's lr chosen on a train hold-out, k-NN):
+    -> {"trained_linear": ..., "random_knn": ..., ...}."""
     trunk, cfg, _ = evaluate.load_trunk(ckpt)
     torch.manual_seed(seed)
     random_trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     where = argparse.Namespace(data="fer2013", root=None, split="val", probe_cap=0)
-    return {name: learning_curve.measure(t, cfg.view_size, where, seed, device)
-            for name, t in (("trained", trunk), ("random", random_trunk))}
+    return {f"{name}_{k}": v for name, t in (("trained", trunk), ("random", random_trunk))
+            for k, v in learning_curve.measure(t, cfg.view_size, where, seed, device).items()}
 
 
 def main(argv=None):
@@ -116,13 +115,13 @@ def main(argv=None):
 
 def measure(args, names, command):
     """Phase 1 (images/s of every variant, in turn) and, with --wall, phase 2 (train for the wall time, probe)."""
-    def options(n):
-        return (VARIANTS[n].format(folders=args.folders) + " " + args.options).strip()
+    def options(n, folders):
+        return (VARIANTS[n].format(folders=folders) + " " + args.options).strip()
 
     speeds = {n: [] for n in names}
     for r in range(args.rounds):  # in turn, so that a slow spell of a shared machine hits every variant
         for n in names:
-            ips, _ = run(n, options(n), args.steps, args.seed, args.runs)
+            ips, _ = run(n, options(n, args.folders), 1, args.steps, args.seed, args.runs)
             speeds[n].append(ips)
             print(f"round {r + 1}: {n}: {ips:.1f} images/s", flush=True)
     base = statistics.median(speeds[names[0]])
@@ -132,17 +131,16 @@ def measure(args, names, command):
     rows = []
     for n in names:
         ips = statistics.median(speeds[n])
-        row = {"variant": n, "options": options(n).replace(args.folders or "{folders}", "{folders}"), "images_per_s": ips,
-               "runs": speeds[n], "x_first": ips / base, **settings}
+        row = {"variant": n, "options": options(n, "{folders}"), "images_per_s": ips, "runs": speeds[n],
+               "x_first": ips / base, **settings}
         if args.wall:
             steps = max(1, round(args.wall * ips / 64))
-            epochs = math.ceil(steps / epoch_steps)
-            steps = epochs * math.ceil(steps / epochs)  # what run() trains
+            epochs = math.ceil(steps / epoch_steps)  # beyond one epoch of the faces: more epochs, one schedule
+            per_epoch = math.ceil(steps / epochs)
             t0 = time.time()
-            _, folder = run(n, options(n), steps, args.seed, args.runs, epoch_steps)
-            row.update(steps=steps, train_s=time.time() - t0, folder=folder,
-                       **{f"{k}_{m}": v for k, r in probe(os.path.join(folder, "last.pt"), torch.device("cpu"),
-                                                          args.seed).items() for m, v in r.items()})
+            _, folder = run(n, options(n, args.folders), epochs, per_epoch, args.seed, args.runs)
+            row.update(steps=epochs * per_epoch, train_s=time.time() - t0, folder=folder,
+                       **probe(os.path.join(folder, "last.pt"), torch.device("cpu"), args.seed))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -158,8 +156,7 @@ def reprobe(args, command):
         ckpt = os.path.join(row.get("folder") or os.path.join(args.runs, row["variant"].lstrip("+")), "last.pt")
         if "steps" not in row or not os.path.exists(ckpt):
             raise SystemExit(f"error: {row['variant']}: no --wall checkpoint at {ckpt} to probe again")
-        row.update({f"{k}_{m}": v for k, r in probe(ckpt, torch.device("cpu"), row.get("seed", args.seed)).items()
-                    for m, v in r.items()}, probed_by=command)
+        row.update(probe(ckpt, torch.device("cpu"), row.get("seed", args.seed)), probed_by=command)
         print(json.dumps(row), flush=True)
     return rows
 
