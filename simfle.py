@@ -300,6 +300,9 @@ class SimFLEConfig:
     head_out: int = 256
     ema: float = 0.99                # BYOL target momentum, fixed
     kd_temperature: float = 4.0      # distillation temperature T
+    # how L_d opens the path from FaceMAE into the ResNet (docs/departures.md); the paper's: mean, kd
+    distill_target: str = "mean"     # mean: t = sg((u1+u2+v)/3) | ffl: t = sg(v), FaceMAE's feature teaches
+    distill_loss: str = "kd"         # kd: T²·KL of softened outputs | cosine: 2 − 2·cos(w, t), scale-free
     sim_weight: float = 1.0          # weight of L_s
     recon_weight: float = 1.0        # weight of L_r
     alpha: float = 0.3               # weight of L_d
@@ -329,6 +332,8 @@ class SimFLEConfig:
             (0 < self.width <= 4, "width must be in (0, 4]"),
             (self.gfl in ("byol", "simclr", "barlow"), "gfl must be byol, simclr or barlow"),
             (self.masking in ("semantic", "random"), "masking must be semantic or random"),
+            (self.distill_target in ("mean", "ffl"), "distill_target must be mean or ffl"),
+            (self.distill_loss in ("kd", "cosine"), "distill_loss must be kd or cosine"),
             (0 < self.mask_ratio < 1, "mask_ratio must be in (0, 1)"),
             (self.origin_size % self.patch_size == 0, "origin_size must be a multiple of patch_size"),
             (self.backbone_channels % self.groups == 0,
@@ -443,10 +448,24 @@ class SimFLE(nn.Module):
                     reconstruction=reconstruction_loss(pred, target, mask), grouping=l_g ** 2, l_g=l_g,
                     patch_mean=mean, patch_var=var)
 
-    def forward(self, origin, view1, view2):
-        """origin (B,3,H,W), view1/view2 (B,3,V,V) -> total loss, dict of its parts (detached): the losses
-        similarity, reconstruction, distillation, grouping (= l_g², what the total weights) and l_g; the
-        weighted_* terms, which sum to the total; and total."""
+    def distillation(self, feats, latent):
+        """L_d between the branches (paper §4): u1, u2 from the pooled ResNet features of the views (2B,C),
+        v from FaceMAE's encoder tokens (B,1+K,D), each through its D-projector to (B,d)."""
+        c = self.config
+        u1, u2 = self.distill_gfl(feats).chunk(2)  # (B,d) each
+        v = self.distill_ffl(latent[:, 1:].mean(1))  # mean of encoder tokens, CLS excluded -> (B,d)
+        if c.distill_target == "mean":  # the paper: a shared target, stop-gradient, that every side moves to
+            t, students = ((u1 + u2 + v) / 3).detach(), (u1, u2, v)
+        else:  # "ffl": FaceMAE's feature is the teacher, and only the ResNet's side learns from L_d
+            t, students = v.detach(), (u1, u2)
+        if c.distill_loss == "kd":
+            return sum(distillation_loss(w, t, c.kd_temperature) for w in students)
+        # scale-free: the pull does not shrink when the D-projectors' outputs, or their differences, get small
+        return sum(byol_loss(w, t).mean() for w in students)
+
+    def loss_terms(self, origin, view1, view2):
+        """-> the weighted terms of the total loss, each with its graph (what gradient_shares differentiates),
+        and the unweighted parts: similarity, reconstruction, distillation, grouping (= l_g²) and l_g."""
         c = self.config
         views = torch.cat([view1, view2])  # (2B,3,V,V): one backbone pass for both views
         feats = self.backbone(views)  # (2B,C)
@@ -456,19 +475,36 @@ class SimFLE(nn.Module):
         if c.use_facemae:
             out = self.ffl(origin)
             recon, group, l_g = out["reconstruction"], out["grouping"], out["l_g"]
-            u1, u2 = self.distill_gfl(feats).chunk(2)  # (B,d) each
-            v = self.distill_ffl(out["latent"][:, 1:].mean(1))  # mean of encoder tokens, CLS excluded -> (B,d)
-            t = ((u1 + u2 + v) / 3).detach()  # shared target, stop-gradient
-            T = c.kd_temperature
-            dist = distillation_loss(u1, t, T) + distillation_loss(u2, t, T) + distillation_loss(v, t, T)
+            dist = self.distillation(feats, out["latent"])
         # the terms as they enter the total, so a log shows which one dominates: with the paper's weights
         # β·l_g² is most of the total, yet it trains only the grouping layer (ffl's feature map has no gradient)
         weighted = dict(weighted_similarity=c.sim_weight * sim, weighted_reconstruction=c.recon_weight * recon,
                         weighted_distillation=c.alpha * dist, weighted_grouping=c.beta * group)
+        return weighted, dict(similarity=sim, reconstruction=recon, distillation=dist, grouping=group, l_g=l_g)
+
+    def forward(self, origin, view1, view2):
+        """origin (B,3,H,W), view1/view2 (B,3,V,V) -> total loss, dict of its parts (detached): the losses
+        similarity, reconstruction, distillation, grouping (= l_g², what the total weights) and l_g; the
+        weighted_* terms, which sum to the total; and total."""
+        weighted, parts = self.loss_terms(origin, view1, view2)
         loss = sum(weighted.values())  # L = L_s + L_r + α·L_d + β·l_g²
-        parts = dict(similarity=sim, reconstruction=recon, distillation=dist, grouping=group, l_g=l_g, **weighted,
-                     total=loss)
+        parts = dict(parts, **weighted, total=loss)
         return loss, {k: v.detach() for k, v in parts.items()}
+
+    def gradient_shares(self, origin, view1, view2):
+        """Which loss trains the ResNet: each weighted term's gradient norm at the backbone's weights, as a share
+        of their sum -> {grad_share_<term>: float}, adding up to 1. A term with no path into the backbone reads
+        exactly 0 (L_r and β·l_g² in the paper: argsort and the no-grad origin pass cut theirs). One forward and
+        one backward per term; the caller keeps the weights' .grad, BatchNorm statistics and RNG as they were."""
+        weighted, _ = self.loss_terms(origin, view1, view2)
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in weighted.items():
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True) \
+                if term.requires_grad else [None] * len(params)
+            norms[name] = math.sqrt(sum(g.float().pow(2).sum().item() for g in grads if g is not None))
+        total = sum(norms.values()) or 1.0
+        return {"grad_share_" + name[len("weighted_"):]: n / total for name, n in norms.items()}
 
     @torch.no_grad()
     def inspect(self, origin):

@@ -106,6 +106,9 @@ def build_parser():
                         "batched on the training device (the workers then only decode); blur is batched either way")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"linear lr warm-up over this many epochs, per step ({per_preset('warmup_epochs')})")
+    p.add_argument("--grad-share-every", type=int, default=100, metavar="STEPS",
+                   help="measure each loss term's share of the ResNet's gradient every this many steps of an epoch, "
+                        "from its first (SimFLE.gradient_shares; 0: off). It changes nothing in the training")
     p.add_argument("--knn-samples", type=int, default=1000, help="cap on each split for the k-NN monitor (0: off)")
     p.add_argument("--probe", type=str2bool, default=None, metavar="BOOL",
                    help="linear probe after training vs a random trunk (default: on for synthetic)")
@@ -163,6 +166,8 @@ def parse_args(argv=None):
     for name in ("epochs", "batch_size", "probe_epochs"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.grad_share_every < 0:
+        parser.error("--grad-share-every must be 0 (off) or positive")
     if args.lr is None:
         args.lr = 0.05 * args.batch_size / 256  # the paper: lr = 0.05 x batch / 256
     if args.lr <= 0:
@@ -401,15 +406,20 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def step(self, batch, lr):
-        """Augment on the device, forward, check, backward, SGD, EMA (paper §3): -> the loss parts as floats."""
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def step(self, batch, lr, measure_shares=False):
+        """Augment on the device, forward, check, backward, SGD, EMA (paper §3): -> the loss parts as floats,
+        with each loss term's share of the ResNet's gradient when measure_shares."""
         origin, view1, view2 = data.pretrain_batch(batch, self.device)  # blur + normalisation, batched
         if self.channels_last:
             origin, view1, view2 = (x.contiguous(memory_format=torch.channels_last) for x in (origin, view1, view2))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)  # free last step's gradients before the forward's activations peak
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        shares = self.gradient_shares(origin, view1, view2) if measure_shares else {}
+        with self.autocast():
             loss, parts = self.model(origin, view1, view2)  # L = L_s + L_r + α·L_d + β·L_g
         values = {k: v.item() for k, v in parts.items()}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -419,7 +429,15 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.raw_model.update_target()  # EMA of the target after every optimizer step
-        return values
+        return {**values, **shares}
+
+    def gradient_shares(self, origin, view1, view2):
+        """SimFLE.gradient_shares on this batch, invisible to the training: the random draws (groups, masks) and
+        the BatchNorm statistics are put back as they were, and no .grad is touched, so a run with the measurement
+        trains exactly as one without it."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), buffers_kept(self.raw_model), self.autocast():
+            return self.raw_model.gradient_shares(origin, view1, view2)
 
     def state(self):
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -553,6 +571,8 @@ def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_e
     start = position["step_in_epoch"]
     progress = position["progress"]  # running sums of an epoch cut by an interrupt, else {}
     sums, seen, skipped = progress.get("sums", {}), progress.get("seen", 0), progress.get("skipped", 0)
+    # the steps that logged each key (every step, but the gradient shares only the measured ones)
+    counts = progress.get("counts", {k: progress.get("steps", start) for k in sums})
     taken = progress.get("steps", start)  # optimizer steps this epoch (a skipped batch is not one)
     t0 = time.time() - progress.get("elapsed", 0.0)
     loader.sampler.set(epoch, start)
@@ -565,12 +585,13 @@ def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_e
         if batch is None:  # every image of this batch was unreadable: its place in the epoch is used up
             continue
         lr = learning_rate(args, epoch, position["step"], steps_per_epoch)
-        values = trainer.step(batch, lr)
+        every = args.grad_share_every
+        values = trainer.step(batch, lr, measure_shares=every > 0 and (position["step_in_epoch"] - 1) % every == 0)
         position["step"] += 1
         taken += 1
         seen += batch[0].shape[0] * setup.world
         for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         log.step(position["step"], {**values, "lr": lr})
         # the loss as the sum of its weighted terms, so the bar shows which one dominates
         w = [values[k] for k in WEIGHTED]
@@ -582,11 +603,11 @@ def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_e
             break
     bar.close()
     if stop.reason is not None and position["step_in_epoch"] < steps_per_epoch:
-        position["progress"] = {"sums": sums, "seen": seen, "skipped": skipped, "steps": taken,
+        position["progress"] = {"sums": sums, "counts": counts, "seen": seen, "skipped": skipped, "steps": taken,
                                 "elapsed": time.time() - t0}
         return None
     return {"epoch": epoch + 1, "step": position["step"], "lr": learning_rate(args, epoch, position["step"], steps_per_epoch),
-            "images_per_s": seen / max(time.time() - t0, 1e-9), **{k: v / max(taken, 1) for k, v in sums.items()},
+            "images_per_s": seen / max(time.time() - t0, 1e-9), **{k: v / counts.get(k, taken) for k, v in sums.items()},
             "skipped_images": skipped}
 
 
@@ -674,6 +695,7 @@ class RunLog:
 
 LOSS_TERMS = ("similarity", "reconstruction", "distillation", "grouping")  # SimFLE's parts; grouping is l_g²
 WEIGHTED = tuple("weighted_" + term for term in LOSS_TERMS)  # the terms as they add up to the total
+SHARES = tuple("grad_share_" + term for term in LOSS_TERMS)  # each term's share of the backbone's gradient
 
 
 def epoch_lines(record):
@@ -682,13 +704,16 @@ def epoch_lines(record):
     def show(key):
         value = record[key]
         return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-    losses = {"total", "l_g", *LOSS_TERMS, *WEIGHTED}
+    losses = {"total", "l_g", *LOSS_TERMS, *WEIGHTED, *SHARES}
     lines = [" ".join(show(k) for k in record if k not in losses)]
     if "total" in record:  # absent only when every batch of the epoch was unreadable
         total = record["total"]
         terms = " + ".join(f"{k} {record[k]:.4g} ({100 * record[k] / (total or 1):.1f} %)" for k in WEIGHTED)
         lines += [f"  loss: total={total:.4g} = {terms}",
                   "  unweighted: " + " ".join(show(k) for k in (*LOSS_TERMS, "l_g"))]
+    if SHARES[0] in record:
+        lines.append("  share of the ResNet's gradient: " + ", ".join(
+            f"{k[len('grad_share_'):]} {100 * record[k]:.1f} %" for k in SHARES))
     return lines
 
 
@@ -699,6 +724,7 @@ CURVE_PANELS = [("loss (log scale)", ("total", *WEIGHTED), True),
                 ("reconstruction (L_r)", ("reconstruction",), False),
                 ("distillation (L_d)", ("distillation",), False),
                 ("grouping l_g (the total has β·l_g²)", ("l_g",), False),
+                ("share of the ResNet's gradient", SHARES, False),
                 ("learning rate", ("lr",), False),
                 ("images / s", ("images_per_s",), False),
                 ("k-NN accuracy, held-out", ("knn_accuracy",), False),

@@ -50,6 +50,7 @@ from sweep_synthetic import Pixels  # noqa: E402  (this folder: the pixels thems
 
 # what every arm shares: the tiny preset with the options bench_fer2013.py measured faster on 48-px faces
 COMMON = "--preset tiny --augment device --width 0.5"
+OPEN = "--distill-target ffl --distill-loss cosine --alpha 1"
 ARMS = {  # name -> the arm's own train.py options
     "byol": "--gfl byol --use-facemae false",
     "byol+random": "--gfl byol --masking random",
@@ -57,6 +58,10 @@ ARMS = {  # name -> the arm's own train.py options
     "simclr": "--gfl simclr --use-facemae false",
     "simclr+random": "--gfl simclr --masking random",
     "simclr+semantic": "--gfl simclr --masking semantic",
+    # the channel from FaceMAE into the ResNet opened (docs/departures.md): FaceMAE's feature is the teacher, a
+    # scale-free pull, alpha chosen on val at 2 epochs (benchmarks/README.md)
+    "simclr+random+open": "--gfl simclr --masking random " + OPEN,
+    "simclr+semantic+open": "--gfl simclr --masking semantic " + OPEN,
     "supervised": None,  # trained on the labels by this script (supervised_arm)
     "lightly-byol": None,  # the cross-check: lightly's BYOL, by this script (lightly_byol_arm)
 }
@@ -196,9 +201,18 @@ def pretrain_arm(args, arm, seed, done, device):
         model, cfg = evaluate.load_model(ckpt, state)
         row = {"arm": arm, "seed": seed, "epoch": epoch, "images": state["step"] * args.batch_size,
                "options": " ".join(options), **measure(model.backbone, cfg.view_size, args, seed, device),
-               **hit_rates(model, args, seed, device), "train_seconds": add_seconds(folder, 0.0)}
+               **hit_rates(model, args, seed, device), **ffl_share(folder, epoch),
+               "train_seconds": add_seconds(folder, 0.0)}
         append_row(args.out, row)
         draw(args.out)
+
+
+def ffl_share(folder, epoch):
+    """The FFL's share of the ResNet's gradient (L_d's) in this epoch, from the run's metrics.jsonl: {} if the run
+    did not measure it."""
+    rows = [r for r in read_rows(os.path.join(folder, "metrics.jsonl")) if r["epoch"] == epoch]
+    return {"ffl_grad_share": rows[-1]["grad_share_distillation"]} if rows and "grad_share_distillation" in rows[-1] \
+        else {}
 
 
 def read_test(args, arm, seed, done, device, ckpt, trunk=None, load=None):
@@ -426,8 +440,8 @@ def draw(path):
     stem = os.path.splitext(path)[0]
     split = "test" if any(r.get("split") == "test" for r in rows) else "val"
     lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
-             "hit rate / random / central (%) |",
-             "|---|---|---|---|---|---|---|"]
+             "hit rate / random / central (%) | FFL's share of the ResNet's gradient (%) |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, points in arms.items():
         for images in sorted(points):
             rs = points[images]
@@ -436,7 +450,9 @@ def draw(path):
             if "hit_rate" in rs[0]:
                 hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
                                  for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
-            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} |")
+            share = cell([100 * r["ffl_grad_share"] for r in rs if "ffl_grad_share" in r])
+            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} | "
+                         f"{share if share != '–' else ''} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     try:
