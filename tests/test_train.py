@@ -144,6 +144,27 @@ def test_resume_is_exact(tmp_path):
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5), k
 
 
+def test_gradient_shares_logged_and_invisible_to_training(tmp_path):
+    """Each epoch's record has the loss terms' shares of the ResNet's gradient (they add up; L_r and l_g² read 0),
+    and measuring them at every step trains exactly as not measuring them at all."""
+    measured, plain = str(tmp_path / "measured"), str(tmp_path / "plain")
+    options = QUICK + ["--epochs", "2", "--knn-samples", "0", "--gfl", "simclr", "--distill-target", "ffl",
+                       "--distill-loss", "cosine", "--alpha", "3"]
+    assert train.cli(options + ["--out", measured, "--grad-share-every", "1"]) == 0
+    assert train.cli(options + ["--out", plain, "--grad-share-every", "0"]) == 0
+    rows = metrics(measured)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        shares = [r["grad_share_" + t] for t in train.LOSS_TERMS]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-9)
+        assert r["grad_share_reconstruction"] == 0.0 and r["grad_share_grouping"] == 0.0
+        assert 0.05 < r["grad_share_distillation"] < 0.95
+    assert not any(k.startswith("grad_share") for r in metrics(plain) for k in r)
+    a, b = (torch.load(os.path.join(d, "last.pt"), weights_only=True)["model"] for d in (measured, plain))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_resume_refuses_another_model(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert train.cli(QUICK + ["--epochs", "1", "--out", out, "--knn-samples", "0"]) == 0
