@@ -1,7 +1,8 @@
 """
-Solutions to the exercises of tutorial.ipynb (section 9). Try them yourself first: exercises.check(fn) tells you
-whether your version passes. Each solution is what simfle.py does, written out for one piece; the notebook's
-test runs the notebook with these in place of the stubs (tools/make_tutorial.py --solutions builds that copy).
+Solutions to the exercises of tutorial.ipynb (section 11), for instructors. Try them yourself first:
+exercises.check(fn) tells you whether your version passes. Each solution is what simfle.py does, written out for
+one piece. The notebook's test runs them in the notebook's kernel after the stubs; `python tutorial/make.py
+--student DIR` builds a copy of the course without this file (tests that need it then skip).
 """
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,16 @@ def norm_pix_targets(imgs, p):
     t = simfle.patchify(imgs, p)
     mean, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True)
     return (t - mean) / (var + 1e-6) ** 0.5, mean, var
+
+
+def simclr_loss(z1, z2, temperature):
+    """NT-Xent: each of the 2B views must pick its partner (the other view of its face) among the 2B - 1 others."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)                  # (2B,d) unit rows: dot products are cosines
+    logits = z @ z.T / temperature                               # (2B,2B)
+    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))  # not itself
+    B = len(z1)
+    partner = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)   # view i <-> view i + B
+    return F.cross_entropy(logits, partner)                      # mean over the 2B views
 
 
 def grouping_share(history):
