@@ -1,4 +1,5 @@
-"""The project's shape: imports go one way (simfle <- data <- eval <- train), and the scripts read in short steps."""
+"""The project's shape: imports go one way (simfle <- data <- eval <- train), and the scripts read
+in short steps."""
 import ast
 import glob
 import os
@@ -57,9 +58,62 @@ def test_no_import_cycle_among_the_top_level_modules():
     assert graph["eval"] <= {"simfle", "data"} and "train" not in graph["eval"]
 
 
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_no_function_longer_than_80_lines(script):
-    tree = ast.parse(open(os.path.join(ROOT, script)).read())
-    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80}
-    assert not long, f"{script}: functions over 80 lines: {long}"
+# the project's own Python files; the tutorial's files have their own owner and tests
+TUTORIAL = {"exercises.py", "tutorial_solutions.py", "tools/make_tutorial.py", "tests/test_notebook.py",
+            "tests/test_exercises.py"}
+OWN = sorted(p for p in (os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "**", "*.py"),
+                                                                     recursive=True))
+             if p not in TUTORIAL and not p.startswith((".", "runs", "data" + os.sep)))
+# to be reformatted by their owner; and files whose lines are not yet all wrapped (docs/architecture.md,
+# "Not yet"): each leaves this set when it passes
+LONG_LINES_FOR_NOW = {"benchmarks/learning_curve.py", "benchmarks/prepare_fer2013.py",
+                      "benchmarks/bench_data.py", "benchmarks/bench_fer2013.py", "benchmarks/bench_memory.py",
+                      "benchmarks/bench_probe.py", "benchmarks/bench_step.py",
+                      "benchmarks/calibrate_synthetic.py", "benchmarks/compare.py",
+                      "benchmarks/few_labels.py", "benchmarks/probe_lr_check.py",
+                      "benchmarks/sweep_synthetic.py", "data.py", "eval.py", "train.py",
+                      "support/device_augment.py", "support/observe.py", "support/synthetic_faces.py",
+                      "tests/test_data.py", "tests/test_fer2013.py", "tests/test_simfle.py",
+                      "tests/test_structure.py", "tests/test_train.py"}
+OVER_600_FOR_NOW = {"data.py", "eval.py", "tests/test_data.py", "tests/test_train.py"}
+LONG_FUNCTIONS_FOR_NOW = {("benchmarks/compare.py", "main"), ("support/synthetic_faces.py", "draw_face")}
+READING_PATH = {"simfle.py", "train.py", "eval.py", "data.py"}
+
+
+def functions(path):
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    return {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@pytest.mark.parametrize("path", OWN)
+def test_no_function_longer_than_80_lines(path):
+    long = {name: n for name, n in functions(path).items()
+            if n > 80 and (path, name) not in LONG_FUNCTIONS_FOR_NOW}
+    assert not long, f"{path}: functions over 80 lines: {long}"
+
+
+@pytest.mark.parametrize("path", [p for p in OWN if p not in OVER_600_FOR_NOW])
+def test_no_module_over_600_lines(path):
+    n = len(open(os.path.join(ROOT, path)).read().splitlines())
+    assert n <= 600, f"{path}: {n} lines"
+
+
+@pytest.mark.xfail(strict=True, reason="train.py is at about 400 lines; the target is 350")
+def test_train_py_reads_on_a_few_screens():
+    assert len(open(os.path.join(ROOT, "train.py")).read().splitlines()) <= 350
+
+
+@pytest.mark.parametrize("path", [p for p in OWN if p not in LONG_LINES_FOR_NOW])
+def test_no_line_over_100_characters(path):
+    long = [i for i, line in enumerate(open(os.path.join(ROOT, path)).read().splitlines(), 1)
+            if len(line) > 100]
+    assert not long, f"{path}: lines over 100 characters: {long}"
+
+
+def test_support_modules_sit_below_the_scripts():
+    """support/ holds what the four modules need and a reader can skip; nothing there imports train."""
+    for path in glob.glob(os.path.join(ROOT, "support", "*.py")):
+        assert "train" not in imported_modules(path), path
+    for name in ("device_augment", "synthetic_faces"):  # below data.py: no project import at all
+        assert imported_modules(os.path.join(ROOT, "support", name + ".py")) == set()
