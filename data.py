@@ -154,6 +154,30 @@ def random_subset(dataset, n, seed=0):
     return LabelledSubset(dataset, sorted(pick.tolist()))
 
 
+DUPLICATE_COSINE = 0.999  # near-exact copies: cosine similarity of 16x16 grey pixels above this
+
+
+def near_duplicates(train, held_out, threshold=DUPLICATE_COSINE, size=16):
+    """Held-out faces with a near-exact copy among the training faces (cosine similarity of their size x size
+    grey pixels above `threshold`): -> (bool [N] mask over held_out, long [N] index of the nearest training face),
+    or None when a split is not held in memory (only FER2013's and FERPlus's are). FER2013 repeats ~8 % of its
+    PublicTest and PrivateTest faces in Training; a probe can score those from memory."""
+    if not (torch.is_tensor(train.samples) and torch.is_tensor(held_out.samples)):
+        return None
+
+    def pixels(faces):  # uint8 [N, h, w] -> float [N, size·size], unit norm
+        x = Fn.adaptive_avg_pool2d(faces[:, None].float(), size).flatten(1)
+        return Fn.normalize(x, dim=1)
+    if len(held_out) == 0 or len(train) == 0:
+        return torch.zeros(len(held_out), dtype=torch.bool), torch.zeros(len(held_out), dtype=torch.long)
+    t = pixels(train.samples)
+    best, nearest = [], []
+    for chunk in pixels(held_out.samples).split(1024):
+        sim, idx = (chunk @ t.T).max(1)
+        best.append(sim), nearest.append(idx)
+    return torch.cat(best) > threshold, torch.cat(nearest)
+
+
 def labels_per_class(dataset, per_class, seed=0):
     """A seeded, class-balanced subset: `per_class` items of each class drawn at random (all of a class that has
     fewer), the rest unused: -> LabelledSubset in the dataset's order. The same seed gives the same subset."""

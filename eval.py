@@ -204,8 +204,10 @@ def capped(dataset, n, seed=0):
 
 
 
-def classification_report(pred, target, classes):
-    """Accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true class)."""
+def classification_report(pred, target, classes, duplicates=None):
+    """Accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true class); with
+    `duplicates` (bool per scored face, data.near_duplicates) also the accuracy on the faces without a copy in
+    the training set."""
     K = len(classes)
     confusion = torch.zeros(K, K, dtype=torch.long)
     confusion.index_put_((target, pred), torch.ones_like(target), accumulate=True)
@@ -214,7 +216,16 @@ def classification_report(pred, target, classes):
     return {"accuracy": (pred == target).float().mean().item(),
             "mean_class_accuracy": per_class[present].mean().item(),
             "per_class_accuracy": {c: per_class[i].item() for i, c in enumerate(classes)},
-            "confusion": confusion.tolist()}
+            "confusion": confusion.tolist(), **deduplicated(pred, target, duplicates)}
+
+
+def deduplicated(pred, target, duplicates):
+    """-> {accuracy_deduplicated, held_out_duplicates} when some scored faces have a copy in train, else {}."""
+    if duplicates is None or not duplicates.any():
+        return {}
+    keep = ~duplicates
+    return {"accuracy_deduplicated": (pred[keep] == target[keep]).float().mean().item(),
+            "held_out_duplicates": int(duplicates.sum())}
 
 
 def confusion_text(confusion, classes):
@@ -285,11 +296,11 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     if features == "cached":
         cached = frozen_features(trunk, train_base, size, device, workers)
     return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device, epochs, batch_size,
-                      lr, workers, seed)
+                      lr, workers, seed, getattr(test_base, "duplicates", None))
 
 
 def train_head(trunk, cached, test, classes, train_base=None, size=None, device="cpu", epochs=100, batch_size=1024,
-               lr=None, workers=0, seed=0):
+               lr=None, workers=0, seed=0, duplicates=None):
     """linear_probe's training, on features already computed: `cached` (train features, labels) or None (then the
     frozen trunk embeds augmented train_base images every epoch); `test` (features, labels). -> (report, head)."""
     torch.manual_seed(seed)
@@ -325,7 +336,7 @@ def train_head(trunk, cached, test, classes, train_base=None, size=None, device=
     head.eval()
     with torch.no_grad():
         pred = head(test_x.to(device)).argmax(1).cpu()
-    report = classification_report(pred, test_y, classes)
+    report = classification_report(pred, test_y, classes, duplicates)
     best = max(range(epochs), key=lambda i: history[i])
     report.update({"mode": "linear", "features": features, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                    "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best], "best_epoch": best + 1,
@@ -337,7 +348,8 @@ def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     """Weighted k-NN on frozen pooled features (cosine similarity, k = 20)."""
     trunk = trunk.to(device).eval()
     (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers) for b in (train_base, test_base))
-    report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy, test_base.classes)
+    report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy, test_base.classes,
+                                   getattr(test_base, "duplicates", None))
     report.update({"mode": "knn", "k": k})
     return report
 
@@ -372,7 +384,7 @@ def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=2
             model.eval()
             logits, y = embed(model, test_loader, device)
             history.append((logits.argmax(1) == y).float().mean().item())
-    report = classification_report(logits.argmax(1), y, classes)
+    report = classification_report(logits.argmax(1), y, classes, getattr(test_base, "duplicates", None))
     best = max(range(len(history)), key=lambda i: history[i])
     report.update({"mode": "finetune", "epochs": epochs, "lr": lr, "batch_size": batch_size,
                    "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],
@@ -527,6 +539,9 @@ def print_report(r, classes, title):
               f"test split as the reference code did: optimistic)")
     else:
         print(f"accuracy: {100 * r['accuracy']:.2f} %")
+    if "accuracy_deduplicated" in r:
+        print(f"accuracy without the {r['held_out_duplicates']} scored faces that have a near-exact copy in train "
+              f"(data.near_duplicates): {100 * r['accuracy_deduplicated']:.2f} %")
     print(f"mean class accuracy:   {100 * r['mean_class_accuracy']:.2f} %")
     print("per class: " + ", ".join(f"{c} {100 * a:.1f}" for c, a in r["per_class_accuracy"].items()))
     print(confusion_text(r["confusion"], classes))
@@ -633,6 +648,11 @@ def evaluation_data(args, state):
     classes = test_base.classes
     print(f"{args.data}: {len(train_base)} train / {len(test_base)} {args.split} images, "
           f"{len(classes)} classes ({', '.join(classes)})")
+    found = data.near_duplicates(train_base, test_base)  # before a few-label subset: copies in the whole split
+    if found is not None and found[0].any():
+        test_base.duplicates = found[0]
+        print(f"{int(found[0].sum())} of the {args.split} faces have a near-exact copy in train (cosine > "
+              f"{data.DUPLICATE_COSINE} on 16x16 grey pixels): accuracy is also reported without them")
     if args.labels_per_class:
         train_base = data.labels_per_class(train_base, args.labels_per_class, args.seed)
         counts = [train_base.labels.count(k) for k in range(len(classes))]

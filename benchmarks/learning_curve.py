@@ -142,16 +142,34 @@ def probe_lr(tx, ty, classes, device, seed):
 
 def measure(trunk, size, args, seed, device):
     """Linear probe (cached features, lr chosen on a train hold-out) and k-NN of a frozen trunk, train -> held-out
-    split: -> {linear, knn, probe_lr}. Both read the same features, computed once."""
+    split: -> {linear, knn, probe_lr}, and linear_dedup / knn_dedup on the held-out faces without a near-exact copy
+    in train (data.near_duplicates; FER2013's standard split stays the headline). Both read the same features."""
     train_base, held_out = datasets(args, seed)
     trunk = trunk.to(device).eval()
     (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device) for b in (train_base, held_out))
     lr = probe_lr(tx, ty, held_out.classes, device, seed)
+    copies = duplicates(args, seed)
     linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device, epochs=30,
-                                    batch_size=256, lr=lr, seed=seed)
-    knn = (evaluate.knn_predict(tx, ty, vx, len(held_out.classes)) == vy).float().mean().item()
-    return {"linear": linear["last_epoch_accuracy"], "linear_mean_class": linear["mean_class_accuracy"], "knn": knn,
-            "probe_lr": lr}
+                                    batch_size=256, lr=lr, seed=seed, duplicates=copies)
+    knn_pred = evaluate.knn_predict(tx, ty, vx, len(held_out.classes))
+    knn = evaluate.classification_report(knn_pred, vy, held_out.classes, copies)
+    out = {"linear": linear["last_epoch_accuracy"], "linear_mean_class": linear["mean_class_accuracy"],
+           "knn": knn["accuracy"], "probe_lr": lr}
+    if "accuracy_deduplicated" in linear:
+        out.update(linear_dedup=linear["accuracy_deduplicated"], knn_dedup=knn["accuracy_deduplicated"],
+                   held_out_duplicates=linear["held_out_duplicates"])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _duplicates(name, root, split, seed):
+    found = data.near_duplicates(dataset(name, root, "train", seed), dataset(name, root, split, seed))
+    return None if found is None else found[0]
+
+
+def duplicates(args, seed):
+    """The held-out faces with a near-exact copy in train (bool per face), or None (none, or a --probe-cap run)."""
+    return None if args.probe_cap else _duplicates(args.data, args.root, args.split, seed)
 
 
 def hit_rates(model, args, seed, device):
@@ -440,18 +458,21 @@ def draw(path):
     stem = os.path.splitext(path)[0]
     split = "test" if any(r.get("split") == "test" for r in rows) else "val"
     lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
-             "hit rate / random / central (%) | FFL's share of the ResNet's gradient (%) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{split} without copies in train: linear / k-NN (%) | hit rate / random / central (%) | "
+             "FFL's share of the ResNet's gradient (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm, points in arms.items():
         for images in sorted(points):
             rs = points[images]
-            lin, knn = (cell([100 * r[k] for r in rs if k in r]) for k in ("linear", "knn"))
+            lin, knn, lin_d, knn_d = (cell([100 * r[k] for r in rs if k in r])
+                                      for k in ("linear", "knn", "linear_dedup", "knn_dedup"))
+            dedup = f"{lin_d} / {knn_d}" if lin_d != "–" else "–"
             hit = ""
             if "hit_rate" in rs[0]:
                 hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
                                  for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
             share = cell([100 * r["ffl_grad_share"] for r in rs if "ffl_grad_share" in r])
-            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} | "
+            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {dedup} | {hit} | "
                          f"{share if share != '–' else ''} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
