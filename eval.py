@@ -547,14 +547,16 @@ def print_report(r, classes, title):
     print(confusion_text(r["confusion"], classes))
 
 
-def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256, look="aligned"):
+def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256, look="aligned",
+                        count=None):
     """After pretraining: linear probe (cached features) of the trained trunk and of a random trunk, side by side.
 
+    count: the number of synthetic faces in each split (train.py's --num-synthetic; default 4,000 and 1,000).
     Batch 256 rather than the paper's 1024: a few thousand cached features make only a handful of batches of
     1024 an epoch, too few steps for the head to converge in a quick check.
     """
-    train_base = data.get_dataset(data_name, root, "train", seed=seed, synthetic_look=look, render=True)
-    test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look, render=True)
+    train_base, test_base = (data.get_dataset(data_name, root, split, seed=seed, synthetic_look=look, render=True,
+                                              synthetic_count=count) for split in ("train", "test"))
     trained, cfg, _ = load_trunk(ckpt)
     torch.manual_seed(seed)
     random_trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)

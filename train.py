@@ -562,7 +562,7 @@ def train(argv=None):
         setup.say(f"done: {ckpt_path}")
         if args.probe:
             compare_with_random(ckpt_path, args.data, args.root, setup.device, epochs=args.probe_epochs, seed=args.seed,
-                                workers=args.workers, look=args.look)
+                                workers=args.workers, look=args.look, count=args.num_synthetic)
     return 0
 
 
