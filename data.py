@@ -117,6 +117,7 @@ class FaceDataset(Dataset):
         self.landmark_names = list(landmark_names)
         self.num_landmarks = len(self.landmark_names)
         self.eye_idx = eye_idx  # the two landmarks whose distance normalises the landmark error (NME)
+        self.duplicates = None  # bool per item with a near-exact copy in the train split (eval.evaluation_data)
 
     def __len__(self):
         return len(self.labels)

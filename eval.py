@@ -296,7 +296,7 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     if features == "cached":
         cached = frozen_features(trunk, train_base, size, device, workers)
     return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device, epochs, batch_size,
-                      lr, workers, seed, getattr(test_base, "duplicates", None))
+                      lr, workers, seed, test_base.duplicates)
 
 
 def train_head(trunk, cached, test, classes, train_base=None, size=None, device="cpu", epochs=100, batch_size=1024,
@@ -349,7 +349,7 @@ def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     trunk = trunk.to(device).eval()
     (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers) for b in (train_base, test_base))
     report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy, test_base.classes,
-                                   getattr(test_base, "duplicates", None))
+                                   test_base.duplicates)
     report.update({"mode": "knn", "k": k})
     return report
 
@@ -384,7 +384,7 @@ def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=2
             model.eval()
             logits, y = embed(model, test_loader, device)
             history.append((logits.argmax(1) == y).float().mean().item())
-    report = classification_report(logits.argmax(1), y, classes, getattr(test_base, "duplicates", None))
+    report = classification_report(logits.argmax(1), y, classes, test_base.duplicates)
     best = max(range(len(history)), key=lambda i: history[i])
     report.update({"mode": "finetune", "epochs": epochs, "lr": lr, "batch_size": batch_size,
                    "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],

@@ -607,7 +607,7 @@ def train_epoch(args, setup, trainer, loader, epoch, position, stop, steps_per_e
                                 "elapsed": time.time() - t0}
         return None
     return {"epoch": epoch + 1, "step": position["step"], "lr": learning_rate(args, epoch, position["step"], steps_per_epoch),
-            "images_per_s": seen / max(time.time() - t0, 1e-9), **{k: v / counts.get(k, taken) for k, v in sums.items()},
+            "images_per_s": seen / max(time.time() - t0, 1e-9), **{k: v / counts[k] for k, v in sums.items()},
             "skipped_images": skipped}
 
 
@@ -761,6 +761,8 @@ def draw_curves(metrics_path, png_path):
             ax.set_ylabel(title, fontsize=9)
         else:
             ax.set_title(title, fontsize=10)
+            if len(keys) > 1:  # several keys on one axis (the gradient shares): say which line is which
+                ax.legend(fontsize=7)
         ax.set_xlabel("epoch", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     tmp = png_path + ".tmp"
