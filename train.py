@@ -25,6 +25,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -45,7 +46,7 @@ TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, war
 HIT_RATE_FACES = 200  # held-out faces on which each epoch measures the landmark hit rate (hit_rate_faces)
 # options that belong to this invocation, never taken from a checkpoint on --resume
 RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "activation_checkpointing", "augment",
-                   "out", "stop_after_steps", "tensorboard"}
+                   "out", "stop_after_steps", "tensorboard", "overwrite"}
 
 
 # ----------------------------------------------------------------------------- options
@@ -88,6 +89,9 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--out", default=None, help="run folder (default: runs/<data>-<preset>)")
     p.add_argument("--resume", default=None, help="continue from this last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds another run (its last.pt, metrics.jsonl and pictures are "
+                        "removed first); without it, or --resume, such a folder is refused")
     p.add_argument("--device", default="auto", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on GPUs and CPUs with bf16 arithmetic, fp16 on older GPUs, else fp32")
@@ -508,6 +512,7 @@ def train(argv=None):
     """The procedure: set up, build the data and the model (or resume), loop over epochs, checkpoint, probe."""
     args = parse_args(argv)
     setup = Setup(args)
+    claim_run_folder(args, setup)
     torch.manual_seed(args.seed + setup.rank)
     if args.workers is None:
         args.workers = min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 0
@@ -618,13 +623,51 @@ def knn_accuracy(trunk, knn_sets, device, num_classes):
     return (knn_predict(tx, ty, vx, num_classes) == vy).float().mean().item()
 
 
+RUN_FILES = ("last.pt", "metrics.jsonl")  # a folder that holds one of these holds a run
+RUN_PICTURES = ("curves.png", "events.out.tfevents.")  # what --overwrite removes with them (TensorBoard: a prefix)
+
+
+def claim_run_folder(args, setup):
+    """No run is lost: an --out that already holds another run's last.pt or metrics.jsonl is refused (exit 2, one
+    message), unless --resume continues it or --overwrite starts it afresh (the main process then removes that
+    run's files first, so that its metrics.jsonl is not appended to nor its curves drawn into the new run's)."""
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out, name))]
+    if not found or args.resume:
+        return
+    if not args.overwrite:
+        if setup.main:
+            print(f"error: {args.out} already holds a run ({', '.join(found)}). Continue it with --resume "
+                  f"{os.path.join(args.out, 'last.pt')}, start it afresh with --overwrite, or choose another --out.",
+                  file=sys.stderr)
+        raise SystemExit(2)
+    if setup.main:
+        for name in sorted(os.listdir(args.out)):
+            if name in RUN_FILES or name.startswith(RUN_PICTURES):
+                os.remove(os.path.join(args.out, name))
+        setup.say(f"--overwrite: removed the earlier run's {', '.join(found)} from {args.out}")
+
+
+def git_commit(folder=os.path.dirname(os.path.abspath(__file__))):
+    """The commit of the code in `folder` when it is a git checkout, "+dirty" when files differ from it; else None
+    (no git, not a checkout): a record, never an error."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
 def write_run_info(args, setup, trainer, num_images, steps_per_epoch):
     """Print the run's configuration and write it to <out>/config.json: -> that record."""
     os.makedirs(args.out, exist_ok=True)
     run_info = {"model": args.config.to_dict(),
                 "train": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "ckpt")},
                 "device": str(setup.device), "precision": setup.precision, "world_size": setup.world,
-                "torch": torch.__version__}
+                "torch": torch.__version__, "git_commit": git_commit()}
     if setup.main:
         setup.say(json.dumps(run_info, indent=2))
         with open(os.path.join(args.out, "config.json"), "w") as f:
