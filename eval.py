@@ -27,6 +27,7 @@ import data
 from simfle import Backbone, SimFLE, SimFLEConfig, group_maps, keep_top_patches, semantic_patch_scores
 
 CHECKPOINT_FORMAT = "simfle-checkpoint-v1"
+TRUNK_FORMAT = "simfle-trunk-v1"  # eval.py --export: the trunk alone (hubconf.py reads it)
 PROBE_FORMAT = "simfle-probe-v1"
 
 
@@ -125,6 +126,18 @@ def load_trunk(ckpt, preset="tiny", state=None):
         raise CheckpointError(f"{ckpt}: its trunk does not match its own config ({cfg.backbone}): "
                               f"{str(e).splitlines()[0]}") from None
     return trunk, cfg, ckpt
+
+
+def export_trunk(ckpt, path, preset="tiny"):
+    """Write the trunk alone, for other code (hubconf.py; torch.hub): its state_dict under torchvision's key names
+    (a torchvision ResNet's, fc.* missing) and its SimFLEConfig as JSON, only tensors and strings, so that the file
+    loads with torch.load(weights_only=True). -> 0"""
+    trunk, cfg, name = load_trunk(ckpt, preset)
+    torch.save({"format": TRUNK_FORMAT, "config": json.dumps(cfg.to_dict()), "state_dict": trunk.state_dict()}, path)
+    print(f"wrote {path}: the {cfg.backbone} trunk of {name} ({sum(p.numel() for p in trunk.parameters()) / 1e6:.1f} M "
+          f"parameters, width {cfg.width}, stem {cfg.stem}); load it with torch.hub.load(<this folder>, "
+          f"\"simfle_trunk\", source=\"local\", checkpoint=\"{path}\")")
+    return 0
 
 
 def load_model(ckpt, state=None):
@@ -636,6 +649,8 @@ def build_parser():
                    help="where to score: test, or val to choose settings (synthetic faces and FER2013's PublicTest)")
     p.add_argument("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
     p.add_argument("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
+    p.add_argument("--export", default=None, metavar="PATH",
+                   help="write the trunk alone to PATH (torchvision key names + its config; see hubconf.py) and stop")
     return p
 
 
@@ -697,6 +712,8 @@ def main(argv=None):
             p.error("--predict needs a trained checkpoint")
         predict(args.ckpt, args.predict, device)
         return 0
+    if args.export:
+        return export_trunk(args.ckpt, args.export, args.preset)
     state = None if args.ckpt == "random" else load_checkpoint(args.ckpt)
     trunk, cfg, name = load_trunk(args.ckpt, args.preset, state)
     if args.data is None:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
@@ -246,8 +247,26 @@ def byol_loss(p, z):
     return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=-1)
 
 
+def gather_batch(z):
+    """The global batch of embeddings under torch.distributed, as SimCLR and Barlow Twins need it: (B,d) ->
+    (world·B,d), every process's rows in rank order; alone (world 1, or no process group) z itself.
+
+    The other processes' rows come detached (all_gather has no gradient); this process's own rows stay live, their
+    gradient multiplied by world: each process then holds world × ∂L/∂z of the global loss L for its rows, and
+    DDP's mean over processes gives the gradient of one process training on the whole global batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    world, rank = dist.get_world_size(), dist.get_rank()
+    rows = [torch.empty_like(z) for _ in range(world)]
+    dist.all_gather(rows, z.detach().contiguous())
+    rows[rank] = z + (world - 1) * (z - z.detach())  # the value of z exactly; the gradient world × its own
+    return torch.cat(rows)
+
+
 def simclr_loss(z1, z2, temperature):
-    """SimCLR's NT-Xent: each view must pick its partner among the 2B−1 others."""
+    """SimCLR's NT-Xent: each view must pick its partner among the 2B−1 others, over the global batch when
+    several processes train (gather_batch): every process computes the same loss of all world·B pairs."""
+    z1, z2 = gather_batch(z1), gather_batch(z2)  # (B,d) -> (world·B,d); the partners stay at the same offsets
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B,d)
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
@@ -257,8 +276,9 @@ def simclr_loss(z1, z2, temperature):
 
 
 def barlow_loss(z1, z2, lam):
-    """Barlow Twins: the cross-correlation of the standardised embeddings should be the identity."""
-    z1, z2 = z1.float(), z2.float()
+    """Barlow Twins: the cross-correlation of the standardised embeddings should be the identity; its batch
+    statistics and cross-correlation over the global batch when several processes train (gather_batch)."""
+    z1, z2 = gather_batch(z1).float(), gather_batch(z2).float()  # (world·B,d)
     z1 = (z1 - z1.mean(0)) / (z1.std(0) + 1e-6)
     z2 = (z2 - z2.mean(0)) / (z2.std(0) + 1e-6)
     c = z1.T @ z2 / z1.shape[0]  # (d,d)

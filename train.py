@@ -1,7 +1,7 @@
 """
 Pretrain SimFLE without labels, then (on the built-in faces) probe the trunk it learned.
 
-    python train.py                                  # tiny preset on the built-in synthetic faces, CPU-sized
+    python train.py                                  # the quick start: tiny preset, width 0.5, built-in faces, CPU
     python train.py --data rafdb                     # paper preset on RAF-DB (data/rafdb), one GPU
     python train.py --resume runs/rafdb-paper/last.pt
     torchrun --nproc_per_node=2 train.py --data rafdb   # several GPUs (DDP)
@@ -25,6 +25,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -42,10 +43,14 @@ from simfle import SimFLE, SimFLEConfig
 # training defaults per preset (the paper: batch 256, 100 epochs; tiny: a few minutes on a laptop CPU)
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
                   "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
+# `python train.py` (the built-in faces, no --preset): the tiny preset with the levers measured to speed it up on a
+# 2-core CPU that keep the paper's masking geometry (benchmarks/README.md): a narrow ResNet-18 (2.1x) and the views
+# augmented on the device; `--preset tiny` is the tiny preset as it stands
+QUICK_START = dict(width=0.5, augment="device")
 HIT_RATE_FACES = 200  # held-out faces on which each epoch measures the landmark hit rate (hit_rate_faces)
 # options that belong to this invocation, never taken from a checkpoint on --resume
 RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "activation_checkpointing", "augment",
-                   "out", "stop_after_steps", "tensorboard"}
+                   "out", "stop_after_steps", "tensorboard", "overwrite"}
 
 
 # ----------------------------------------------------------------------------- options
@@ -81,13 +86,17 @@ def build_parser():
     p.add_argument("--data", default="synthetic", choices=list(data.DATASETS), help="dataset name")
     p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
     p.add_argument("--preset", default=None, choices=["tiny", "paper"],
-                   help="model preset (default: tiny on synthetic, paper otherwise)")
+                   help="model preset (default: tiny on synthetic, with the quick start's --width 0.5 and --augment "
+                        "device unless given; paper otherwise)")
     p.add_argument("--epochs", type=int, default=None, help=f"pretraining epochs ({per_preset('epochs')})")
     p.add_argument("--batch-size", type=int, default=None, help=f"global batch ({per_preset('batch_size')})")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 x batch / 256)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--out", default=None, help="run folder (default: runs/<data>-<preset>)")
     p.add_argument("--resume", default=None, help="continue from this last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds another run (its last.pt, metrics.jsonl and pictures are "
+                        "removed first); without it, or --resume, such a folder is refused")
     p.add_argument("--device", default="auto", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on GPUs and CPUs with bf16 arithmetic, fp16 on older GPUs, else fp32")
@@ -101,9 +110,10 @@ def build_parser():
                    help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders scenes")
     p.add_argument("--crop-scale", type=float, default=None,
                    help=f"smallest area of a view's RandomResizedCrop ({per_preset('crop_scale')})")
-    p.add_argument("--augment", default="loader", choices=["loader", "device"],
+    p.add_argument("--augment", default=None, choices=["loader", "device"],
                    help="where the views' crop, flip and colour are made: per image in the loader workers, or "
-                        "batched on the training device (the workers then only decode); blur is batched either way")
+                        "batched on the training device (the workers then only decode); blur is batched either way "
+                        "(default: device for the quick start, loader otherwise)")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help=f"linear lr warm-up over this many epochs, per step ({per_preset('warmup_epochs')})")
     p.add_argument("--grad-share-every", type=int, default=100, metavar="STEPS",
@@ -146,6 +156,7 @@ def parse_args(argv=None):
                 setattr(args, key, value)
         if "out" not in given:
             args.out = os.path.dirname(os.path.abspath(args.resume))
+    quick_start(args)
     if args.preset is None:
         args.preset = "tiny" if args.data == "synthetic" else "paper"
     for key, value in TRAIN_DEFAULTS[args.preset].items():
@@ -177,6 +188,17 @@ def parse_args(argv=None):
     if args.probe is None:
         args.probe = args.data == "synthetic"
     return args
+
+
+def quick_start(args):
+    """`python train.py` on the built-in faces with no --preset (nor --resume) is the quick start: QUICK_START's
+    options where not given. Elsewhere the views are augmented in the loader unless told."""
+    if args.preset is None and args.data == "synthetic":
+        for key, value in QUICK_START.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    if args.augment is None:
+        args.augment = "loader"
 
 
 def tensorboard_writer():
@@ -508,6 +530,7 @@ def train(argv=None):
     """The procedure: set up, build the data and the model (or resume), loop over epochs, checkpoint, probe."""
     args = parse_args(argv)
     setup = Setup(args)
+    claim_run_folder(args, setup)
     torch.manual_seed(args.seed + setup.rank)
     if args.workers is None:
         args.workers = min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 0
@@ -618,13 +641,51 @@ def knn_accuracy(trunk, knn_sets, device, num_classes):
     return (knn_predict(tx, ty, vx, num_classes) == vy).float().mean().item()
 
 
+RUN_FILES = ("last.pt", "metrics.jsonl")  # a folder that holds one of these holds a run
+RUN_PICTURES = ("curves.png", "events.out.tfevents.")  # what --overwrite removes with them (TensorBoard: a prefix)
+
+
+def claim_run_folder(args, setup):
+    """No run is lost: an --out that already holds another run's last.pt or metrics.jsonl is refused (exit 2, one
+    message), unless --resume continues it or --overwrite starts it afresh (the main process then removes that
+    run's files first, so that its metrics.jsonl is not appended to nor its curves drawn into the new run's)."""
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out, name))]
+    if not found or args.resume:
+        return
+    if not args.overwrite:
+        if setup.main:
+            print(f"error: {args.out} already holds a run ({', '.join(found)}). Continue it with --resume "
+                  f"{os.path.join(args.out, 'last.pt')}, start it afresh with --overwrite, or choose another --out.",
+                  file=sys.stderr)
+        raise SystemExit(2)
+    if setup.main:
+        for name in sorted(os.listdir(args.out)):
+            if name in RUN_FILES or name.startswith(RUN_PICTURES):
+                os.remove(os.path.join(args.out, name))
+        setup.say(f"--overwrite: removed the earlier run's {', '.join(found)} from {args.out}")
+
+
+def git_commit(folder=os.path.dirname(os.path.abspath(__file__))):
+    """The commit of the code in `folder` when it is a git checkout, "+dirty" when files differ from it; else None
+    (no git, not a checkout): a record, never an error."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
 def write_run_info(args, setup, trainer, num_images, steps_per_epoch):
     """Print the run's configuration and write it to <out>/config.json: -> that record."""
     os.makedirs(args.out, exist_ok=True)
     run_info = {"model": args.config.to_dict(),
                 "train": {k: v for k, v in vars(args).items() if k not in ("config", "overrides", "ckpt")},
                 "device": str(setup.device), "precision": setup.precision, "world_size": setup.world,
-                "torch": torch.__version__}
+                "torch": torch.__version__, "git_commit": git_commit()}
     if setup.main:
         setup.say(json.dumps(run_info, indent=2))
         with open(os.path.join(args.out, "config.json"), "w") as f:

@@ -60,9 +60,7 @@ def run(name, options, epochs, steps_per_epoch, seed, out):
     folder = os.path.join(out, name.lstrip("+"))
     argv = shlex.split(options) + ["--preset", "tiny", "--epochs", str(epochs), "--max-steps",
                                    str(steps_per_epoch), "--seed", str(seed),
-                                   "--knn-samples", "0", "--probe", "false", "--out", folder]
-    if os.path.exists(os.path.join(folder, "metrics.jsonl")):
-        os.remove(os.path.join(folder, "metrics.jsonl"))
+                                   "--knn-samples", "0", "--probe", "false", "--out", folder, "--overwrite"]
     code = train.main(argv)
     if code != 0:
         raise SystemExit(f"train.py {' '.join(argv)} exited {code}")

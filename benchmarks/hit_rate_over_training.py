@@ -61,7 +61,7 @@ def run_variant(name, options, args, faces):
     print(json.dumps(rows[-1]), flush=True)
     for stop in range(args.every, args.steps + 1, args.every):
         argv = ["--stop-after-steps", str(stop)]
-        argv = base + argv if stop == args.every else ["--resume", os.path.join(out, "last.pt")] + argv
+        argv = base + ["--overwrite"] + argv if stop == args.every else ["--resume", os.path.join(out, "last.pt")] + argv
         if train.main(argv) != 0:
             raise SystemExit(f"{name}: train.py failed at step {stop}")
         model, _ = evaluate.load_model(os.path.join(out, "last.pt"))

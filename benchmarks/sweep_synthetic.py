@@ -71,7 +71,8 @@ def baselines(seed, device, look="aligned"):
 def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None):
     """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is probed again)."""
     run_dir = os.path.join(out_dir, f"{name}-s{seed}")
-    argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false", "--knn-samples", "0"]
+    argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false", "--knn-samples", "0",
+                                   "--overwrite"]
     if seconds is None:
         t0 = time.time()
         code = train.main(argv)
