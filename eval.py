@@ -22,7 +22,6 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data
@@ -30,7 +29,11 @@ from simfle import Backbone, SimFLE, SimFLEConfig
 
 # shared with train.py (support/common.py); imported here so that `from eval import X` keeps working
 from support.common import (CHECKPOINT_FORMAT, CheckpointError, HelpFormatter, capped,  # noqa: F401
-                            load_checkpoint, pick_device, run_cli)
+                            load_checkpoint, loader, pick_device, run_cli)
+# --mode landmarks: the landmark probe (NME) and the hit rate of semantic masking
+from support.landmarks import (central_patches, hit_rate_trained_and_untrained,  # noqa: F401
+                               landmark_hit_rate, landmark_probe)
+TRUNK_FORMAT = "simfle-trunk-v1"  # eval.py --export: the trunk alone (hubconf.py reads it)
 PROBE_FORMAT = "simfle-probe-v1"
 
 
@@ -59,9 +62,22 @@ def load_trunk(ckpt, preset="tiny", state=None):
     return trunk, cfg, ckpt
 
 
+def export_trunk(ckpt, path, preset="tiny"):
+    """Write the trunk alone, for other code (hubconf.py; torch.hub): its state_dict under
+    torchvision's key names (a torchvision ResNet's, fc.* missing) and its SimFLEConfig as JSON,
+    only tensors and strings, so that the file loads with torch.load(weights_only=True). -> 0"""
+    trunk, cfg, name = load_trunk(ckpt, preset)
+    torch.save({"format": TRUNK_FORMAT, "config": json.dumps(cfg.to_dict()),
+                "state_dict": trunk.state_dict()}, path)
+    millions = sum(p.numel() for p in trunk.parameters()) / 1e6
+    print(f"wrote {path}: the {cfg.backbone} trunk of {name} ({millions:.1f} M parameters, width "
+          f"{cfg.width}, stem {cfg.stem}); load it with torch.hub.load(<this folder>, "
+          f"\"simfle_trunk\", source=\"local\", checkpoint=\"{path}\")")
+    return 0
+
+
 def load_model(ckpt, state=None):
-    """The whole SimFLE model of a train.py checkpoint (for the masking it learned): -> (SimFLE,
-    config)."""
+    """A train.py checkpoint's whole SimFLE (for the masking it learned): -> (SimFLE, config)."""
     state = state if state is not None else load_checkpoint(ckpt)
     model = SimFLE(state["config_obj"])
     try:
@@ -97,12 +113,6 @@ def recompute_batchnorm(trunk, dataset, size, device, workers=0):
     return trunk.eval()
 
 
-def loader(dataset, batch_size, workers, shuffle=False, seed=0):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      collate_fn=data.collate,
-                      generator=torch.Generator().manual_seed(seed), drop_last=False)
-
-
 # ----------------------------------------------------------------------------- features and metrics
 
 
@@ -120,13 +130,12 @@ def embed(trunk, loader, device):
 
 
 def frozen_features(trunk, dataset, size, device, workers=0):
-    """Pooled features of a dataset's images, resized to size x size (no augmentation): -> (n,C),
-    (n,) labels."""
+    """Pooled features of a dataset's images resized to size² (no augmentation): -> (n,C), (n,)."""
     return embed(trunk, loader(data.ProbeView(dataset, size, train=False), 256, workers), device)
 
 
 def knn_predict(train_x, train_y, test_x, num_classes, k=20, temperature=0.07):
-    """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> predicted classes."""
+    """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> classes."""
     train_x, test_x = torch.nn.functional.normalize(train_x,
                                                     dim=1), torch.nn.functional.normalize(test_x,
                                                                                           dim=1)
@@ -136,9 +145,10 @@ def knn_predict(train_x, train_y, test_x, num_classes, k=20, temperature=0.07):
     return votes.argmax(1)
 
 
-def classification_report(pred, target, classes):
+def classification_report(pred, target, classes, duplicates=None):
     """Accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true
-    class)."""
+    class); with `duplicates` (bool per scored face, data.near_duplicates) also the accuracy on the
+    faces without a copy in the training set."""
     K = len(classes)
     confusion = torch.zeros(K, K, dtype=torch.long)
     confusion.index_put_((target, pred), torch.ones_like(target), accumulate=True)
@@ -147,7 +157,16 @@ def classification_report(pred, target, classes):
     return {"accuracy": (pred == target).float().mean().item(),
             "mean_class_accuracy": per_class[present].mean().item(),
             "per_class_accuracy": {c: per_class[i].item() for i, c in enumerate(classes)},
-            "confusion": confusion.tolist()}
+            "confusion": confusion.tolist(), **deduplicated(pred, target, duplicates)}
+
+
+def deduplicated(pred, target, duplicates):
+    """-> {accuracy_deduplicated, held_out_duplicates} if some scored faces are copies, else {}."""
+    if duplicates is None or not duplicates.any():
+        return {}
+    keep = ~duplicates
+    return {"accuracy_deduplicated": (pred[keep] == target[keep]).float().mean().item(),
+            "held_out_duplicates": int(duplicates.sum())}
 
 
 def confusion_text(confusion, classes):
@@ -226,13 +245,11 @@ def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_s
     if features == "cached":
         cached = frozen_features(trunk, train_base, size, device, workers)
     return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device,
-                      epochs, batch_size,
-                      lr, workers, seed)
+                      epochs, batch_size, lr, workers, seed, test_base.duplicates)
 
 
 def train_head(trunk, cached, test, classes, train_base=None, size=None, device="cpu", epochs=100,
-               batch_size=1024,
-               lr=None, workers=0, seed=0):
+               batch_size=1024, lr=None, workers=0, seed=0, duplicates=None):
     """linear_probe's training, on features already computed: `cached` (train features, labels) or
     None (then the frozen trunk embeds augmented train_base images every epoch); `test` (features,
     labels). -> (report, head)."""
@@ -273,30 +290,28 @@ def train_head(trunk, cached, test, classes, train_base=None, size=None, device=
     head.eval()
     with torch.no_grad():
         pred = head(test_x.to(device)).argmax(1).cpu()
-    report = classification_report(pred, test_y, classes)
+    report = classification_report(pred, test_y, classes, duplicates)
     best = max(range(epochs), key=lambda i: history[i])
     report.update({"mode": "linear", "features": features, "epochs": epochs,
                    "batch_size": batch_size, "lr": lr,
                    "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],
-                   "best_epoch": best + 1,
-                   "history": history})
+                   "best_epoch": best + 1, "history": history})
     return report, head.cpu()
 
 
 def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     """Weighted k-NN on frozen pooled features (cosine similarity, k = 20)."""
     trunk = trunk.to(device).eval()
-    (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers) for b in (train_base,
-                                                                                     test_base))
+    (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers)
+                          for b in (train_base, test_base))
     report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy,
-                                   test_base.classes)
+                                   test_base.classes, test_base.duplicates)
     report.update({"mode": "knn", "k": k})
     return report
 
 
 def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None,
-             workers=0, seed=0,
-             every_epoch=True):
+             workers=0, seed=0, every_epoch=True):
     """Fine-tune the whole network + a linear head: SGD momentum 0.9, wd 1e-4, cosine lr, RRC +
     flip. The test split is scored after every epoch (the history eval.py draws), or with
     every_epoch=False after the last one only."""
@@ -326,156 +341,12 @@ def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=2
             model.eval()
             logits, y = embed(model, test_loader, device)
             history.append((logits.argmax(1) == y).float().mean().item())
-    report = classification_report(logits.argmax(1), y, classes)
+    report = classification_report(logits.argmax(1), y, classes, test_base.duplicates)
     best = max(range(len(history)), key=lambda i: history[i])
     report.update({"mode": "finetune", "epochs": epochs, "lr": lr, "batch_size": batch_size,
                    "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],
                    "best_epoch": epochs - len(history) + best + 1, "history": history})
     return report
-
-
-@torch.no_grad()
-def feature_maps(trunk, dataset, size, device, workers=0):
-    """Flattened last feature maps and [0,1] landmarks: -> (n, C·h·w), (n, L, 2)."""
-    feats, marks = [], []
-    for b, _ in loader(data.ProbeView(dataset, size, train=False), 128, workers):
-        if b is None:
-            continue
-        x, _, lm = data.probe_batch(b, device)
-        feats.append(trunk.feature_map(x).flatten(1).float().cpu())
-        marks.append(lm.float().cpu())
-    return torch.cat(feats), torch.cat(marks)
-
-
-def ridge(x, y, lam):
-    """Closed-form ridge regression with a bias, in whichever of primal / dual form is smaller."""
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = (x - mx).double(), (y - my).double()
-    if xc.shape[0] < xc.shape[1]:  # dual: W = Xᵀ (X Xᵀ + λI)⁻¹ Y
-        w = xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(len(xc), dtype=xc.dtype), yc)
-    else:
-        w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(xc.shape[1], dtype=xc.dtype), xc.T @ yc)
-    w = w.float()
-    return lambda z: (z - mx) @ w + my
-
-
-def nme(pred, target, eye_idx):
-    """Normalised mean error: mean landmark distance over the inter-ocular distance, per image,
-    averaged."""
-    err = (pred - target).norm(dim=-1).mean(-1)  # (n,)
-    iod = (target[:, eye_idx[0]] - target[:, eye_idx[1]]).norm(dim=-1).clamp(min=1e-6)
-    return (err / iod).mean().item()
-
-
-def landmark_probe(trunk, train_base, test_base, size, device, workers=0, max_train=20000, seed=0):
-    """Landmark probe: ridge regression from the frozen trunk's last feature map to landmark
-    coordinates.
-
-    The ridge strength is chosen on 10 % of the training split (never on the test split); NME on the
-    test split.
-    """
-    if not train_base.num_landmarks:
-        raise data.DatasetError("--mode landmarks needs a dataset with landmarks (synthetic, "
-                                "affectnet7/8); "
-                                f"{train_base.name} has none")
-    trunk = trunk.to(device).eval()
-    if len(train_base) > max_train:
-        train_base = torch.utils.data.Subset(train_base, torch.randperm(len(train_base),
-                                                                        generator=torch.Generator()
-                                                                        .manual_seed(seed))[:max_train].tolist())
-    x, y = feature_maps(trunk, train_base, size, device, workers)
-    tx, ty = feature_maps(trunk, test_base, size, device, workers)
-    n_val = max(1, len(x) // 10)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    val, fit = perm[:n_val], perm[n_val:]
-    scale = x.pow(2).sum(1).mean().item()  # λ relative to the feature energy
-    scores = {}
-    for lam in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
-        f = ridge(x[fit], y[fit].flatten(1), lam * scale)
-        scores[lam] = nme(f(x[val]).view_as(y[val]), y[val], test_base.eye_idx)
-    lam = min(scores, key=scores.get)
-    f = ridge(x, y.flatten(1), lam * scale)
-    mean_shape = y.mean(0, keepdim=True).expand_as(ty)
-    return {"mode": "landmarks", "nme": nme(f(tx).view_as(ty), ty, test_base.eye_idx),
-            "nme_mean_shape": nme(mean_shape, ty, test_base.eye_idx), "ridge_lambda": lam,
-            "val_nme": scores,
-            "num_landmarks": test_base.num_landmarks, "feature_dim": x.shape[1], "image_size": size}
-
-
-def central_patches(grid, k):
-    """Indices (row-major) of the k patches of a grid x grid layout nearest its centre; ties go to
-    the lower index."""
-    centre = (grid - 1) / 2
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    distance = ((rows - centre) ** 2 + (cols - centre) ** 2).flatten()
-    return torch.sort(distance, stable=True).indices[:k]
-
-
-@torch.no_grad()
-def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
-    """Share of a face's landmarks that fall in *visible* patches under semantic masking (paper §3:
-    the kept patches should be the facial landmarks), and what random masking gives.
-
-    A second control is a fixed mask that keeps the K patches nearest the image centre
-    (central_patches): on aligned faces the landmarks crowd there, so a hit rate means something
-    only above it.
-
-    Each image's masking is scored for every one of the G groups (training draws one at random, so
-    this is the expectation over that draw), with BatchNorm in train mode on batches of `batch_size`
-    origin images, as the masks are made in training; the model itself is not changed. Random
-    masking keeps K of N patches whatever the image, so a landmark inside the image is visible with
-    probability K/N (12/49 = 24.5 %).
-    -> {"semantic": rate, "random": K/N, "central": rate of the fixed central mask, "per_group":
-    [rate per group],
-        "best_group": rate of the best group}
-    """
-    c = model.config
-    if not c.use_facemae:
-        raise ValueError("the landmark hit rate needs a model with FaceMAE (use_facemae=True)")
-    if not dataset.num_landmarks:
-        raise data.DatasetError("the landmark hit rate needs a dataset with landmarks; "
-                                f"{dataset.name} has none")
-    # train-mode BN moves running statistics
-    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-    was_training = model.training
-    model = model.to(device).train()
-    grid = c.origin_size // c.patch_size
-    hits, total, central_hits = torch.zeros(c.groups), 0, 0.0
-    central = torch.zeros(grid * grid, dtype=torch.bool)
-    central[central_patches(grid, c.num_visible)] = True
-    for batch, _ in loader(data.ProbeView(dataset, c.origin_size, train=False), batch_size,
-                           workers):
-        if batch is None:
-            continue
-        origin, _, marks = data.probe_batch(batch, device)  # marks in [0, 1] of the image
-        # (B,C,h,w), as SimFLE.ffl
-        attn = model.grouping(model.backbone.feature_map(origin).float())
-        # (B,L) patch column and row of each landmark
-        col, row = (marks * grid).floor().long().unbind(-1)
-        inside = (col >= 0) & (col < grid) & (row >= 0) & (row < grid)
-        patch = (row.clamp(0, grid - 1) * grid + col.clamp(0, grid - 1))  # (B,L)
-        for g in range(c.groups):
-            chosen = torch.full((origin.shape[0],), g, device=device)
-            mask = model.mask_patches(attn, chosen, masking="semantic")[3]  # (B,N), 1 = masked
-            visible = (mask.gather(1, patch) == 0) & inside  # (B,L)
-            hits[g] += visible.float().sum().cpu()
-        central_hits += (central.to(device)[patch] & inside).float().sum().item()
-        total += marks.shape[0] * marks.shape[1]
-    model.load_state_dict(snapshot)
-    model.train(was_training)
-    per_group = (hits / max(total, 1)).tolist()
-    return {"semantic": sum(per_group) / len(per_group), "random": c.num_visible / c.num_patches,
-            "central": central_hits / max(total, 1), "per_group": per_group,
-            "best_group": max(per_group), "images": len(dataset)}
-
-
-def hit_rate_trained_and_untrained(model, seed, dataset, device, workers=0):
-    """landmark_hit_rate of a trained model, and of its configuration as `train.py --seed seed`
-    initialised it (train.py seeds torch right before it builds the model): -> (trained, untrained),
-    landmark_hit_rate's dicts."""
-    trained = landmark_hit_rate(model, dataset, device, workers=workers)
-    torch.manual_seed(seed)
-    return trained, landmark_hit_rate(SimFLE(model.config), dataset, device, workers=workers)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -503,6 +374,9 @@ def print_report(r, classes, title):
               f"test split as the reference code did: optimistic)")
     else:
         print(f"accuracy: {100 * r['accuracy']:.2f} %")
+    if "accuracy_deduplicated" in r:
+        print(f"accuracy without the {r['held_out_duplicates']} scored faces with a near-exact "
+              f"copy in train (data.near_duplicates): {100 * r['accuracy_deduplicated']:.2f} %")
     print(f"mean class accuracy:   {100 * r['mean_class_accuracy']:.2f} %")
     print("per class: " + ", ".join(f"{c} {100 * a:.1f}" for c,
                                     a in r["per_class_accuracy"].items()))
@@ -510,17 +384,17 @@ def print_report(r, classes, title):
 
 
 def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256,
-                        look="aligned"):
+                        look="aligned", count=None):
     """After pretraining: linear probe (cached features) of the trained trunk and of a random trunk,
     side by side.
 
-    Batch 256 rather than the paper's 1024: a few thousand cached features make only a handful of
-    batches of 1024 an epoch, too few steps for the head to converge in a quick check.
+    count: the number of synthetic faces in each split (train.py's --num-synthetic; default 4,000
+    and 1,000). Batch 256 rather than the paper's 1024: a few thousand cached features make only a
+    handful of batches of 1024 an epoch, too few steps for the head to converge in a quick check.
     """
-    train_base = data.get_dataset(data_name, root, "train", seed=seed, synthetic_look=look,
-                                  render=True)
-    test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look,
-                                 render=True)
+    train_base, test_base = (data.get_dataset(data_name, root, split, seed=seed, render=True,
+                                              synthetic_look=look, synthetic_count=count)
+                             for split in ("train", "test"))
     trained, cfg, _ = load_trunk(ckpt)
     torch.manual_seed(seed)
     random_trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -536,14 +410,12 @@ def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, worker
                                         seed=seed)
     chance = 1 / len(test_base.classes)
     print(f"\nlinear probe on {data_name} test ({len(test_base)} images, {epochs} epochs, batch "
-          f"{batch_size}, "
-          f"cached features):")
+          f"{batch_size}, cached features):")
     for name, r in results.items():
         print(f"  {name:10s} trunk: {100 * r['last_epoch_accuracy']:.2f} % (last epoch), "
               f"mean class {100 * r['mean_class_accuracy']:.2f} %")
     print("  (random, BN: the random trunk with BatchNorm statistics recomputed on the training "
-          "faces, as a trained "
-          "trunk has them)")
+          "faces, as a trained trunk has them)")
     print(f"  chance: {100 * chance:.2f} %")
     with open(os.path.join(os.path.dirname(ckpt), f"probe_vs_random_{data_name}.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -570,10 +442,9 @@ def predict(ckpt, images, device):
         except data.BadImageError as e:
             print(f"{image_path}: skipped ({e})", file=sys.stderr)
             continue
-        x = data.normalize(F.interpolate(img[None].float(), size=(size, size), mode="bilinear",
-                                         antialias=True,
-                                         align_corners=False).round().clamp(0,
-                                                                            255).to(torch.uint8)).to(device)
+        x = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        x = data.normalize(x.round().clamp(0, 255).to(torch.uint8)).to(device)
         with torch.no_grad():
             probs = F.softmax(head(trunk(x)), dim=1)[0].cpu()
         order = probs.argsort(descending=True)
@@ -587,45 +458,40 @@ def predict(ckpt, images, device):
 def build_parser():
     p = argparse.ArgumentParser(description="Evaluate a SimFLE trunk.",
                                 formatter_class=HelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (last.pt), or 'random'")
-    p.add_argument("--data", default=None, choices=list(data.DATASETS),
-                   help="default: the checkpoint's dataset")
-    p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
-    p.add_argument("--mode", default="linear", choices=["linear", "knn", "finetune", "landmarks"])
-    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"],
-                   help="backbone of --ckpt random")
-    p.add_argument("--epochs", type=int, default=100,
-                   help="linear probe / fine-tuning epochs (paper: 100)")
-    p.add_argument("--batch-size", type=int, default=1024, help="paper: 1024 for the linear probe")
-    p.add_argument("--lr", type=float, default=None,
-                   help="default: 0.5 x batch/256 (linear), 0.01 x batch/256 (finetune)")
-    p.add_argument("--features", default="augmented", choices=["augmented", "cached"],
-                   help="linear probe: augmented = paper protocol; cached = un-augmented features, "
-                        "computed once")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labels-per-class", type=int, default=None, metavar="N",
-                   help="train the probe / fine-tuning on N labelled images per class of the train "
-                        "split (a seeded, "
-                        "class-balanced subset drawn with --seed; the rest unused); default: every "
-                        "label")
-    p.add_argument("--look", default=None, choices=list(data.LOOKS),
-                   help="synthetic faces: default the look the checkpoint was trained on (aligned "
-                        "for --ckpt random)")
-    p.add_argument("--split", default="test", choices=["test", "val"],
-                   help="where to score: test, or val to choose settings (synthetic faces and "
-                        "FER2013's PublicTest)")
-    p.add_argument("--out", default=None,
-                   help="folder for the JSON / PNG (default: beside the checkpoint)")
-    p.add_argument("--predict", nargs="+", metavar="IMG",
-                   help="print the expression of these images")
+    add = p.add_argument
+    add("--ckpt", required=True, help="a train.py checkpoint (last.pt), or 'random'")
+    add("--data", default=None, choices=list(data.DATASETS), help="default: the checkpoint's data")
+    add("--root", default=None, help="dataset folder (default: data/<data>)")
+    add("--mode", default="linear", choices=["linear", "knn", "finetune", "landmarks"])
+    add("--preset", default="tiny", choices=["tiny", "paper"], help="backbone of --ckpt random")
+    add("--epochs", type=int, default=100, help="linear probe / fine-tuning epochs (paper: 100)")
+    add("--batch-size", type=int, default=1024, help="paper: 1024 for the linear probe")
+    add("--lr", type=float, default=None,
+        help="default: 0.5 x batch/256 (linear), 0.01 x batch/256 (finetune)")
+    add("--features", default="augmented", choices=["augmented", "cached"],
+        help="linear probe: augmented = paper protocol; cached = plain features, computed once")
+    add("--device", default="auto")
+    add("--workers", type=int, default=0)
+    add("--seed", type=int, default=0)
+    add("--labels-per-class", type=int, default=None, metavar="N",
+        help="train the probe / fine-tuning on N labelled images per class of the train split (a "
+             "seeded, class-balanced subset drawn with --seed; the rest unused); default: all")
+    add("--look", default=None, choices=list(data.LOOKS),
+        help="synthetic faces: default the look the checkpoint was trained on (aligned for --ckpt "
+             "random)")
+    add("--split", default="test", choices=["test", "val"],
+        help="where to score: test, or val to choose settings (synthetic faces and FER2013's "
+             "PublicTest)")
+    add("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
+    add("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
+    add("--export", default=None, metavar="PATH",
+        help="write the trunk alone to PATH (torchvision key names + its config; see hubconf.py) "
+             "and stop")
     return p
 
 
 def evaluation_data(args, state):
-    """The train split (or its --labels-per-class subset) and the split to score: -> (train,
-    scored)."""
+    """The train split (or its --labels-per-class subset), the split to score -> (train, scored)"""
     if args.look is None:  # checkpoints from before the look option were trained on the scene look
         args.look = "aligned" if state is None else state["train"].get("look", "scene")
     train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed,
@@ -637,12 +503,18 @@ def evaluation_data(args, state):
     classes = test_base.classes
     print(f"{args.data}: {len(train_base)} train / {len(test_base)} {args.split} images, "
           f"{len(classes)} classes ({', '.join(classes)})")
+    # before a few-label subset: copies in the whole split
+    found = data.near_duplicates(train_base, test_base)
+    if found is not None and found[0].any():
+        test_base.duplicates = found[0]
+        print(f"{int(found[0].sum())} of the {args.split} faces have a near-exact copy in train "
+              f"(cosine > {data.DUPLICATE_COSINE} on 16x16 grey pixels): accuracy is also reported "
+              "without them")
     if args.labels_per_class:
         train_base = data.labels_per_class(train_base, args.labels_per_class, args.seed)
         counts = [train_base.labels.count(k) for k in range(len(classes))]
         print(f"few labels: {len(train_base)} training images, {args.labels_per_class} per class "
-              f"(seed {args.seed})"
-              + ("" if min(counts) == args.labels_per_class else
+              f"(seed {args.seed})" + ("" if min(counts) == args.labels_per_class else
                  f"; classes with fewer keep all theirs: {dict(zip(classes, counts))}"))
     return train_base, test_base
 
@@ -662,8 +534,7 @@ def run_mode(args, state, trunk, cfg, train_base, test_base, device, out):
         report = knn_eval(trunk, train_base, test_base, cfg.view_size, device, workers=args.workers)
     elif args.mode == "finetune":
         report = finetune(trunk, train_base, test_base, cfg.view_size, device, args.epochs,
-                          min(args.batch_size, 256),
-                          args.lr, args.workers, args.seed)
+                          min(args.batch_size, 256), args.lr, args.workers, args.seed)
     else:
         report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers,
                                 seed=args.seed)
@@ -686,6 +557,8 @@ def main(argv=None):
             p.error("--predict needs a trained checkpoint")
         predict(args.ckpt, args.predict, device)
         return 0
+    if args.export:
+        return export_trunk(args.ckpt, args.export, args.preset)
     state = None if args.ckpt == "random" else load_checkpoint(args.ckpt)
     trunk, cfg, name = load_trunk(args.ckpt, args.preset, state)
     if args.data is None:

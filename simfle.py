@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
@@ -42,8 +43,7 @@ def narrow(net, width):
     for name, m in list(net.named_modules()):
         if isinstance(m, nn.Conv2d):
             new = nn.Conv2d(scaled(m.in_channels), scaled(m.out_channels), m.kernel_size, m.stride,
-                            m.padding,
-                            bias=m.bias is not None)
+                            m.padding, bias=m.bias is not None)
             nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             new = nn.BatchNorm2d(scaled(m.num_features))
@@ -75,8 +75,7 @@ class Backbone(nn.Module):
         self.dim = net.fc.in_features  # C
 
     def feature_map(self, x):
-        """Last (layer-4) feature map: (B,3,H,W) -> (B,C,h,w), h = H/32 rounded up (H/8 with the
-        small stem)."""
+        """Last (layer-4) feature map: (B,3,H,W) -> (B,C,h,w), h = ⌈H/32⌉ (H/8, small stem)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -116,8 +115,7 @@ def channel_similarity(attn):
 
 
 def grouping_loss(sim, groups):
-    """Semantic grouping loss l_g = 0.001·Σ(S − T)² / (C/512)², T block-diagonal with G blocks of
-    ones."""
+    """Semantic grouping loss l_g = 0.001·Σ(S − T)² / (C/512)², T: G diagonal blocks of ones."""
     C = sim.shape[0]
     M = C // groups
     target = torch.block_diag(*[sim.new_ones(M, M)] * groups)  # (C,C)
@@ -194,8 +192,7 @@ def transformer(dim, depth, heads, mlp_ratio):
 
 
 class FaceMAE(nn.Module):
-    """FaceMAE (the FFL branch): a ViT masked autoencoder on the origin image; the visible patches
-    are given."""
+    """FaceMAE (the FFL branch): a ViT masked autoencoder of the origin image's given patches."""
 
     def __init__(self, img_size, patch, dim, depth, heads, dec_dim, dec_depth, dec_heads,
                  mlp_ratio):
@@ -247,8 +244,7 @@ class FaceMAE(nn.Module):
 
 
 def norm_pix_targets(imgs, p):
-    """Per-patch normalised pixels, MAE's "norm-pix" targets: (B,3,H,W) -> (B,N,p·p·3), and mean,
-    var."""
+    """MAE's "norm-pix" targets: (B,3,H,W) -> (B,N,p·p·3) normalised per patch, mean, var."""
     t = patchify(imgs, p)
     mean, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True)
     return (t - mean) / (var + 1e-6) ** 0.5, mean, var
@@ -265,8 +261,31 @@ def byol_loss(p, z):
     return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=-1)
 
 
+def gather_batch(z):
+    """The global batch of embeddings under torch.distributed, as SimCLR and Barlow Twins need it:
+    (B,d) -> (world·B,d), every process's rows in rank order; alone (world 1, or no process group) z
+    itself.
+
+    The other processes' rows come detached (all_gather has no gradient); this process's own rows
+    stay live, their gradient multiplied by world: each process then holds world × ∂L/∂z of the
+    global loss L for its rows, and DDP's mean over processes gives the gradient of one process
+    training on the whole global batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    world, rank = dist.get_world_size(), dist.get_rank()
+    rows = [torch.empty_like(z) for _ in range(world)]
+    dist.all_gather(rows, z.detach().contiguous())
+    # the value of z exactly; the gradient world × its own
+    rows[rank] = z + (world - 1) * (z - z.detach())
+    return torch.cat(rows)
+
+
 def simclr_loss(z1, z2, temperature):
-    """SimCLR's NT-Xent: each view must pick its partner among the 2B−1 others."""
+    """SimCLR's NT-Xent: each view must pick its partner among the 2B−1 others, over the global
+    batch when several processes train (gather_batch): every process computes the same loss of all
+    world·B pairs."""
+    # (B,d) -> (world·B,d); the partners stay at the same offsets
+    z1, z2 = gather_batch(z1), gather_batch(z2)
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B,d)
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
@@ -276,8 +295,10 @@ def simclr_loss(z1, z2, temperature):
 
 
 def barlow_loss(z1, z2, lam):
-    """Barlow Twins: the cross-correlation of the standardised embeddings should be the identity."""
-    z1, z2 = z1.float(), z2.float()
+    """Barlow Twins: the cross-correlation of the standardised embeddings should be the identity;
+    its batch statistics and cross-correlation over the global batch when several processes train
+    (gather_batch)."""
+    z1, z2 = gather_batch(z1).float(), gather_batch(z2).float()  # (world·B,d)
     z1 = (z1 - z1.mean(0)) / (z1.std(0) + 1e-6)
     z2 = (z2 - z2.mean(0)) / (z2.std(0) + 1e-6)
     c = z1.T @ z2 / z1.shape[0]  # (d,d)
@@ -301,10 +322,8 @@ class SimFLEConfig:
     backbone: str = "resnet50"       # resnet18 | resnet34 | resnet50
     # imagenet (7×7 stride 2 + max-pool) | small (3×3 stride 1, for small images)
     stem: str = "imagenet"
-    # channels × width in every ResNet layer (0.5: a narrow ResNet); paper: 1
-    width: float = 1.0
-    # GFL two-view method: byol | simclr | barlow (the paper: "modular")
-    gfl: str = "byol"
+    width: float = 1.0  # channels × width in every ResNet layer (0.5: a narrow ResNet); paper: 1
+    gfl: str = "byol"  # GFL two-view method: byol | simclr | barlow (the paper: "modular")
     use_facemae: bool = True         # False: the GFL method alone, the baseline SimFLE beats
     masking: str = "semantic"        # semantic | random (the paper's ablation)
     view_size: int = 224             # GFL views
@@ -327,8 +346,7 @@ class SimFLEConfig:
     # kd
     # mean: t = sg((u1+u2+v)/3) | ffl: t = sg(v), FaceMAE's feature teaches
     distill_target: str = "mean"
-    # kd: T²·KL of softened outputs | cosine: 2 − 2·cos(w, t), scale-free
-    distill_loss: str = "kd"
+    distill_loss: str = "kd"  # kd: T²·KL of softened outputs | cosine: 2 − 2·cos(w, t), scale-free
     sim_weight: float = 1.0          # weight of L_s
     recon_weight: float = 1.0        # weight of L_r
     alpha: float = 0.3               # weight of L_d
@@ -338,23 +356,19 @@ class SimFLEConfig:
 
     @classmethod
     def preset(cls, name, **overrides):
-        """Named presets: "paper" (the defaults) and "tiny" (ResNet-18 + small FaceMAE, trains on a
-        CPU)."""
-        presets = {
-            "paper": {},
+        """Presets: "paper" (the defaults), "tiny" (ResNet-18, small FaceMAE: trains on a CPU)."""
+        presets = {"paper": {},
             # tiny keeps the paper's masking geometry (origin 112 -> 4×4 map, 49 patches, 12
             # visible) and shrinks the rest: 64-px views, a 4-block ViT, narrower heads.
             "tiny": dict(backbone="resnet18", view_size=64, enc_dim=192, enc_depth=4, enc_heads=3,
-                         dec_dim=128, dec_depth=2, dec_heads=4, head_hidden=512, head_out=128),
-        }
+                         dec_dim=128, dec_depth=2, dec_heads=4, head_hidden=512, head_out=128),}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
         return replace(cls(**presets[name]), **overrides).validate()
 
     def validate(self):
         """Reject impossible settings with a message that says which field and why."""
-        checks = [
-            (self.backbone in ("resnet18", "resnet34", "resnet50"),
+        checks = [(self.backbone in ("resnet18", "resnet34", "resnet50"),
              "backbone must be resnet18, resnet34 or resnet50"),
             (self.stem in ("imagenet", "small"), "stem must be imagenet or small"),
             (0 < self.width <= 4, "width must be in (0, 4]"),
@@ -373,8 +387,7 @@ class SimFLEConfig:
              "enc_dim / dec_dim must be multiples of 4 (sin-cos)"),
             (0 <= self.ema <= 1, "ema must be in [0, 1]"),
             (int(self.num_patches * (1 - self.mask_ratio)) >= 1,
-             "mask_ratio leaves no visible patch"),
-        ]
+             "mask_ratio leaves no visible patch"),]
         for ok, why in checks:
             if not ok:
                 raise ValueError(why)
@@ -431,8 +444,7 @@ class SimFLE(nn.Module):
 
     @torch.no_grad()
     def update_target(self):
-        """EMA step after each optimizer step: target = m·target + (1−m)·online (BYOL; no-op
-        otherwise)."""
+        """EMA after each optimizer step (BYOL): target = m·target + (1−m)·online."""
         if self.target_backbone is None:
             return
         m = self.config.ema
@@ -442,8 +454,7 @@ class SimFLE(nn.Module):
                 pt.lerp_(po.detach(), 1 - m)  # pt + (1−m)(po − pt) = m·pt + (1−m)·po
 
     def gfl_loss(self, views, feats):
-        """Similarity loss L_s of the GFL branch on the stacked views (2B,3,V,V) and their features
-        (2B,C)."""
+        """GFL similarity loss L_s of the stacked views (2B,3,V,V) and their features (2B,C)."""
         c = self.config
         z1, z2 = self.projector(feats).chunk(2)  # (B,d) each
         if c.gfl == "simclr":
@@ -457,8 +468,7 @@ class SimFLE(nn.Module):
         return (byol_loss(p1, t2) + byol_loss(p2, t1)).mean()
 
     def ffl(self, origin):
-        """FFL branch on the origin image (B,3,H,W): grouping, semantic masking, FaceMAE. Returns a
-        dict."""
+        """FFL branch on the origin image (B,3,H,W): grouping, semantic masking, FaceMAE. -> dict"""
         c = self.config
         with torch.no_grad():
             # Reference quirk, kept: the backbone runs in train mode here, so this no-grad pass
@@ -481,8 +491,7 @@ class SimFLE(nn.Module):
         return dict(attn=attn, maps=maps, chosen=chosen, scores=scores, mask=mask, latent=latent,
                     pred=pred,
                     reconstruction=reconstruction_loss(pred, target, mask), grouping=l_g ** 2,
-                    l_g=l_g,
-                    patch_mean=mean, patch_var=var)
+                    l_g=l_g, patch_mean=mean, patch_var=var)
 
     def mask_patches(self, attn, chosen, masking=None):
         """Semantic masking (paper §3): the attention A (B,C,h,w) summed per group, the chosen

@@ -1,7 +1,7 @@
 """
 Pretrain SimFLE without labels, then (on the built-in faces) probe the trunk it learned.
 
-    python train.py                         # tiny preset on the built-in synthetic faces, CPU-sized
+    python train.py                         # the quick start: tiny preset, width 0.5, CPU-sized
     python train.py --data rafdb             # paper preset on RAF-DB (data/rafdb), one GPU
     python train.py --resume runs/rafdb-paper/last.pt
     torchrun --nproc_per_node=2 train.py --data rafdb   # several GPUs (DDP)
@@ -18,8 +18,6 @@ The model file has no device code. A run folder (--out) holds config.json, metri
 per epoch), curves.png (redrawn after every epoch) and last.pt; --tensorboard adds TensorBoard
 scalars.
 """
-import argparse
-import dataclasses
 import math
 import os
 import sys
@@ -29,157 +27,22 @@ from tqdm import tqdm
 
 import data
 from eval import compare_with_random
-from simfle import SimFLE, SimFLEConfig
-from support.common import (CHECKPOINT_FORMAT, CheckpointError, HelpFormatter,  # noqa: F401
-                            load_checkpoint, run_cli, str2bool)
-from support.observe import EpochTally, Monitor, RunLog, tensorboard_writer, write_run_info
-from support.run import (NonFiniteLoss, Position, Setup, Stop, buffers_kept, check_same_model,
-                         checkpoint_activations, make_loader, resume_options, rng_state,
-                         save_checkpoint,
-                         set_rng_state)
-
-# training defaults per preset (the paper: batch 256, 100 epochs; tiny: a few minutes on a laptop
-# CPU)
-TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
-                  "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
-# options that belong to this invocation, never taken from a checkpoint on --resume
-RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "augment", "out",
-                   "activation_checkpointing", "stop_after_steps", "tensorboard"}
-# the values SimFLEConfig.validate accepts for its text fields, listed by --help
-CONFIG_CHOICES = {"backbone": ("resnet18", "resnet34", "resnet50"), "stem": ("imagenet", "small"),
-                  "gfl": ("byol", "simclr", "barlow"), "masking": ("semantic", "random"),
-                  "distill_target": ("mean", "ffl"), "distill_loss": ("kd", "cosine")}
-
-# ----------------------------------------------------------------------------- options
-
-
-def add_config_options(parser):
-    """One option per SimFLEConfig field (--gfl, --masking, --alpha, ...: simfle.py's dataclass), so
-    --help documents every knob of the model."""
-    paper, tiny = SimFLEConfig.preset("paper"), SimFLEConfig.preset("tiny")
-    group = parser.add_argument_group("model (SimFLEConfig; default: the preset's value)")
-    for f in dataclasses.fields(SimFLEConfig):
-        kind = str2bool if f.type in (bool, "bool") else type(getattr(paper, f.name))
-        meta = "BOOL" if kind is str2bool else kind.__name__.upper()
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                           choices=CONFIG_CHOICES.get(f.name),
-                           metavar=None if f.name in CONFIG_CHOICES
-                           else meta,
-                           help=f"paper: {getattr(paper, f.name)}, tiny: {getattr(tiny, f.name)}")
-
-
-def per_preset(name):
-    """The help of a training option whose default depends on the preset: "paper: 100, tiny: 2"."""
-    return ", ".join(f"{preset}: {defaults[name]}" for preset, defaults in TRAIN_DEFAULTS.items())
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description="Pretrain SimFLE (self-supervised facial expression "
-                                            "features).",
-                                formatter_class=HelpFormatter)
-    add = p.add_argument
-    add("--data", default="synthetic", choices=list(data.DATASETS), help="dataset name")
-    add("--root", default=None, help="dataset folder (default: data/<data>)")
-    add("--preset", default=None, choices=["tiny", "paper"],
-        help="model preset (default: tiny on synthetic, paper otherwise)")
-    add("--epochs", type=int, default=None, help=f"pretraining epochs ({per_preset('epochs')})")
-    add("--batch-size", type=int, default=None, help=f"global batch ({per_preset('batch_size')})")
-    add("--lr", type=float, default=None, help="learning rate (default: 0.05 x batch / 256)")
-    add("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
-    add("--out", default=None, help="run folder (default: runs/<data>-<preset>)")
-    add("--resume", default=None, help="continue from this last.pt")
-    add("--device", default="auto", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps")
-    add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto: bf16 on GPUs and CPUs with bf16 arithmetic, fp16 on older GPUs, else fp32")
-    add("--seed", type=int, default=0,
-        help="seeds the weights, the data order and the augmentations")
-    add("--workers", type=int, default=None,
-        help="data-loading processes (default: 0 on CPU, 8 on GPU)")
-    add("--compile", action="store_true", help="torch.compile the model")
-    add("--activation-checkpointing", type=str2bool, default=False, metavar="BOOL",
-        help="recompute the ResNet's and FaceMAE's block activations in the backward: less memory, "
-             "more time")
-    add("--num-synthetic", type=int, default=None,
-        help="size of the synthetic training set (default: 4000)")
-    add("--look", default="aligned", choices=list(data.LOOKS),
-        help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders "
-             "scenes")
-    add("--crop-scale", type=float, default=None,
-        help=f"smallest area of a view's RandomResizedCrop ({per_preset('crop_scale')})")
-    add("--augment", default="loader", choices=["loader", "device"],
-        help="where the views' crop, flip and colour are made: per image in the loader workers, or "
-             "batched on the training device (the workers then only decode); blur is batched "
-             "either way")
-    add("--warmup-epochs", type=float, default=None,
-        help=f"linear lr warm-up over this many epochs, per step ({per_preset('warmup_epochs')})")
-    add("--grad-share-every", type=int, default=100, metavar="STEPS",
-        help="measure each loss term's share of the ResNet's gradient every this many steps of an "
-             "epoch, "
-             "from its first (SimFLE.gradient_shares; 0: off). It changes nothing in the training")
-    add("--knn-samples", type=int, default=1000,
-        help="cap on each split for the k-NN monitor (0: off)")
-    add("--probe", type=str2bool, default=None, metavar="BOOL",
-        help="linear probe after training vs a random trunk (default: on for synthetic)")
-    add("--probe-epochs", type=int, default=30, help="epochs of that final linear probe")
-    add("--max-steps", type=int, default=None,
-        help="cap on steps per epoch (quick runs, smoke tests; default: the whole training set)")
-    add("--stop-after-steps", type=int, default=None,
-        help="save and stop after this many steps in total, as if interrupted (fits a job's time "
-             "limit)")
-    add("--tensorboard", action="store_true",
-        help="also write TensorBoard scalars, per step and per epoch, into the run folder (needs "
-             "the "
-             "tensorboard package; give it again with --resume)")
-    # --backbone, --gfl, --masking, ...: the model's options, from SimFLEConfig
-    add_config_options(p)
-    return p
-
-
-def parse_args(argv=None):
-    """Parse and check the options; impossible values are argparse errors (exit 2). With --resume,
-    the options not given come from the checkpoint, and the model must be the checkpoint's."""
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    if args.tensorboard and tensorboard_writer() is None:  # before any data is read or model built
-        parser.exit(2,
-                    "error: --tensorboard needs the tensorboard package, which is not installed "
-                    "here: "
-                       "pip install tensorboard (or drop --tensorboard; curves.png and "
-                       "metrics.jsonl are "
-                       "written anyway)\n")
-    resume_options(args, argv, parser, RUNTIME_OPTIONS)
-    args.preset = args.preset or ("tiny" if args.data == "synthetic" else "paper")
-    for key, value in TRAIN_DEFAULTS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SimFLEConfig)
-                 if getattr(args, f.name) is not None}
-    try:
-        args.config = SimFLEConfig.preset(args.preset, **overrides)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.ckpt is not None:
-        check_same_model(args)
-    for name in ("epochs", "batch_size", "probe_epochs"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.grad_share_every < 0:
-        parser.error("--grad-share-every must be 0 (off) or positive")
-    if args.lr is None:
-        args.lr = 0.05 * args.batch_size / 256  # the paper: lr = 0.05 x batch / 256
-    if args.lr <= 0:
-        parser.error("--lr must be positive")
-    args.out = args.out or os.path.join("runs", f"{args.data}-{args.preset}")
-    args.probe = args.data == "synthetic" if args.probe is None else args.probe
-    return args
-
+from simfle import SimFLE
+from support.common import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,  # noqa: F401
+                            run_cli)
+# the command line, every option and its defaults per preset: support/options.py (the model's
+# options, such as --gfl and --masking, are generated there, one per SimFLEConfig field); see --help
+from support.options import TRAIN_DEFAULTS, build_parser, parse_args  # noqa: F401
+from support.observe import EpochTally, Monitor, RunLog, write_run_info
+from support.run import (NonFiniteLoss, Position, Setup, Stop, buffers_kept, checkpoint_activations,
+                         claim_run_folder, make_loader, rng_state, save_checkpoint, set_rng_state)
 
 # ----------------------------------------------------------------------------- data and model
 
 
 def build_data(args, setup):
-    """The unlabelled training views and one DataLoader for the whole run: -> (train_base, loader)."""
+    """The unlabelled training views and one DataLoader for the whole run: -> (train_base, loader).
+    """
     train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, render=True,
                                   synthetic_count=args.num_synthetic, synthetic_look=args.look)
     cfg = args.config
@@ -188,12 +51,10 @@ def build_data(args, setup):
     per_rank = args.batch_size // setup.world
     if per_rank < 2:
         raise SystemExit(f"error: --batch-size {args.batch_size} over {setup.world} processes "
-                         "leaves fewer "
-                         f"than 2 images per process; BatchNorm needs at least 2")
+                         f"leaves fewer than 2 images per process; BatchNorm needs at least 2")
     if len(views) < args.batch_size:
         raise SystemExit(f"error: the {args.data} training split has {len(views)} images, fewer "
-                         "than one "
-                         f"batch of {args.batch_size}; use a smaller --batch-size")
+                         f"than one batch of {args.batch_size}; use a smaller --batch-size")
     return train_base, make_loader(views, setup, per_rank, args.max_steps, args.workers, args.seed)
 
 
@@ -296,6 +157,7 @@ def train(argv=None):
     -> exit code. Ctrl-C / SIGTERM save and stop the run (support/run.py's Stop)."""
     args = parse_args(argv)
     setup = Setup(args)
+    claim_run_folder(args, setup)
     torch.manual_seed(args.seed + setup.rank)
     if args.workers is None:
         args.workers = min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 0
@@ -327,10 +189,8 @@ def train(argv=None):
                 record = train_epoch(args, trainer, loader, at, stop, log)
             except NonFiniteLoss as e:
                 setup.say(f"error: non-finite loss at epoch {epoch + 1}, step {at.step + 1} (bad "
-                          "parts: "
-                          f"{e}). The weights were not updated and {ckpt_path} was not "
-                          "overwritten. "
-                          f"Try a lower --lr, or --precision fp32.")
+                          f"parts: {e}). The weights were not updated and {ckpt_path} was not "
+                          f"overwritten. Try a lower --lr, or --precision fp32.")
                 return 3
             if record is None:  # stopped inside the epoch: save where it stands
                 save()
@@ -387,7 +247,8 @@ def finish(args, setup, ckpt_path):
         if args.probe:
             compare_with_random(ckpt_path, args.data, args.root, setup.device,
                                 epochs=args.probe_epochs,
-                                seed=args.seed, workers=args.workers, look=args.look)
+                                seed=args.seed, workers=args.workers, look=args.look,
+                                count=args.num_synthetic)
     return 0
 
 

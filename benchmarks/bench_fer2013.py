@@ -41,7 +41,7 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import learning_curve  # noqa: E402
 import train  # noqa: E402
-from simfle import Backbone, SimFLEConfig  # noqa: E402
+from simfle import Backbone  # noqa: E402
 
 VARIANTS = {
     "today": "--data folder --root {folders}",
@@ -64,9 +64,7 @@ def run(name, options, epochs, steps_per_epoch, seed, out):
     folder = os.path.join(out, name.lstrip("+"))
     argv = shlex.split(options) + ["--preset", "tiny", "--epochs", str(epochs), "--max-steps",
                                    str(steps_per_epoch), "--seed", str(seed),
-                                   "--knn-samples", "0", "--probe", "false", "--out", folder]
-    if os.path.exists(os.path.join(folder, "metrics.jsonl")):
-        os.remove(os.path.join(folder, "metrics.jsonl"))
+                                   "--knn-samples", "0", "--probe", "false", "--out", folder, "--overwrite"]
     code = train.main(argv)
     if code != 0:
         raise SystemExit(f"train.py {' '.join(argv)} exited {code}")

@@ -30,7 +30,7 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 import calibrate_synthetic as calibrate  # noqa: E402  (this folder)
-from simfle import SimFLE  # noqa: E402
+from simfle import SimFLE, SimFLEConfig  # noqa: E402
 
 # name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
 ARMS = {
@@ -48,7 +48,7 @@ def supervised_trunk(args, seed, device):
     by the recipe of calibrate_synthetic.py: AdamW 2e-3, one-cycle lr, flip + small shift. (SGD with
     the probe's RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of
     4,000 faces.)"""
-    cfg = train.SimFLEConfig.preset(args.preset)
+    cfg = SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
     trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
     train_base, test_base = datasets(args, seed)
@@ -148,6 +148,30 @@ def group_map_figure(ckpt_path, args, path):
     plt.close(fig)
 
 
+def fmt(values, scale=100):
+    if not values:
+        return "–"
+    m = statistics.mean(values) * scale
+    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}"
+
+
+def write_table(results, args):
+    """compare.md: mean ± std over the seeds of each arm; printed too."""
+    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) | landmark "
+             "hit rate, trained (%) | landmark hit rate, untrained (%) |", "|---|---|---|---|---|---|"]
+    for arm, rs in results.items():
+        lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | "
+                     f"{fmt([r['mean_class_accuracy'] for r in rs])} | "
+                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} | "
+                     f"{fmt([r['hit_rate'] for r in rs if 'hit_rate' in r])} | "
+                     f"{fmt([r['hit_rate_untrained'] for r in rs if 'hit_rate' in r])} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("--data", default="synthetic")
@@ -179,7 +203,7 @@ def main():
             slug, options = ARMS[arm]
             if options in (None, "random-bn"):
                 torch.manual_seed(seed)
-                cfg = train.SimFLEConfig.preset(args.preset)
+                cfg = SimFLEConfig.preset(args.preset)
                 trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
                 # the same random weights, BatchNorm statistics of the training faces
                 if options == "random-bn":
@@ -216,25 +240,7 @@ def main():
                 json.dump({"args": vars(args), "results": results, "seconds": time.time() - t0}, f,
                           indent=2)
 
-    def fmt(values, scale=100):
-        if not values:
-            return "–"
-        m = statistics.mean(values) * scale
-        s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-        return f"{m:.1f} ± {s:.1f}"
-    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) | landmark "
-             "hit rate, "
-             "trained (%) | landmark hit rate, untrained (%) |", "|---|---|---|---|---|---|"]
-    for arm, rs in results.items():
-        lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | "
-                     f"{fmt([r['mean_class_accuracy'] for r in rs])} | "
-                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} | "
-                     f"{fmt([r['hit_rate'] for r in rs if 'hit_rate' in r])} | "
-                     f"{fmt([r['hit_rate_untrained'] for r in rs if 'hit_rate' in r])} |")
-    table = "\n".join(lines)
-    with open(os.path.join(args.out, "compare.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    write_table(results, args)
     print(f"{len(args.seeds)} seeds, {time.time() - t0:.0f} s in all on {device}")
     semantic = os.path.join(args.out, f"semantic-masking-seed{args.seeds[0]}", "last.pt")
     if os.path.exists(semantic):

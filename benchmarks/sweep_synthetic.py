@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
-from simfle import Backbone  # noqa: E402
+from simfle import Backbone, SimFLEConfig  # noqa: E402
 
 
 def probe_val(trunk, args_train, size, seed, device):
@@ -60,7 +60,7 @@ def baselines(seed, device, look="aligned"):
     mean 0 and variance 1, so in eval mode they do nothing), the same trunk with BatchNorm
     statistics of the training faces (what any trained trunk has), and a linear classifier on the
     pixels."""
-    cfg = train.SimFLEConfig.preset("tiny")
+    cfg = SimFLEConfig.preset("tiny")
     options = {"look": look}
     torch.manual_seed(seed)
     trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -80,7 +80,7 @@ def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None)
     """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is probed again)."""
     run_dir = os.path.join(out_dir, f"{name}-s{seed}")
     argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false",
-                                   "--knn-samples", "0"]
+                                   "--knn-samples", "0", "--overwrite"]
     if seconds is None:
         t0 = time.time()
         code = train.main(argv)

@@ -10,6 +10,7 @@ import os
 import sys
 
 import torch
+from torch.utils.data import DataLoader
 
 import data
 from simfle import SimFLEConfig
@@ -45,12 +46,10 @@ def load_checkpoint(path):
     except Exception as e:  # pickle refusing code, a truncated zip, a text file, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a loadable SimFLE checkpoint (truncated, corrupt, or "
-                              "it contains "
-                              f"code, which is never executed): {first}") from None
+                              f"it contains code, which is never executed): {first}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a SimFLE checkpoint (no '{CHECKPOINT_FORMAT}' "
-                              "marker); "
-                              f"train one with train.py, or use eval.py --ckpt random")
+                              f"marker); train one with train.py, or use eval.py --ckpt random")
     try:
         ckpt["config_obj"] = SimFLEConfig(**ckpt["config"]).validate()
     except (TypeError, ValueError) as e:
@@ -70,8 +69,7 @@ def run_cli(main, argv=None):
         given = " ".join(sys.argv[1:] if argv is None else argv) or "the defaults"
         print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, "
               "--precision bf16/fp16, or (train.py) --activation-checkpointing true; the run "
-              "folder's last.pt "
-              f"still holds the last completed epoch.", file=sys.stderr)
+              f"folder's last.pt still holds the last completed epoch.", file=sys.stderr)
         return 4
 
 
@@ -112,3 +110,11 @@ def capped(dataset, n, seed=0):
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return torch.utils.data.Subset(dataset, order[:n].tolist())
+
+
+def loader(dataset, batch_size, workers, shuffle=False, seed=0):
+    """A DataLoader over probe views (data.collate skips unreadable images), seeded when shuffled.
+    """
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      collate_fn=data.collate, generator=torch.Generator().manual_seed(seed),
+                      drop_last=False)

@@ -113,9 +113,10 @@ def adjust_contrast(x, f, rois=None):
     sample per pixel of the box), for colour applied to a whole image before its crop is cut
     (render_views)."""
     g = _gray(x)
-    mean = g.mean((1, 2, 3), keepdim=True) if rois is None else torchvision.ops.roi_align(g, rois,
-                                                                                          1,
-                                                                                          aligned=True)
+    if rois is None:
+        mean = g.mean((1, 2, 3), keepdim=True)
+    else:
+        mean = torchvision.ops.roi_align(g, rois, 1, aligned=True)
     return _blend(x, mean, f)
 
 
@@ -133,8 +134,8 @@ def adjust_hue(x, f):
     h = h.div_(6).add_(f.view(-1, 1, 1).to(x.dtype) + 1).remainder_(1).mul_(6)
     # back to RGB, channel by channel: v − chroma·clamp(min(k, 4 − k), 0, 1), k = (n + h) mod 6, n =
     # 5, 3, 1 for R, G, B: the closed form of HSV's six-sector table, without building the table
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h[:,
-                                                                                            None]).remainder_(6)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (n + h[:, None]).remainder_(6)
     return v[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
@@ -154,8 +155,7 @@ def view_params(sizes, crop_scale):
     return dict(box=crop_boxes(sizes, (crop_scale, 1.0)), flip=torch.rand(B, device=dev) < 0.5,
                 jitter=torch.rand(B, device=dev) < 0.8, factors=factors,
                 # a uniform random order of the four (randperm)
-                order=torch.rand(B, 4, device=dev).argsort(1),
-                gray=torch.rand(B, device=dev) < 0.2)
+                order=torch.rand(B, 4, device=dev).argsort(1), gray=torch.rand(B, device=dev) < 0.2)
 
 
 def colour(x, jitter, factors, order, gray, rois=None):
@@ -231,8 +231,7 @@ def render_views(source, sizes, p, view_size, sigma=None, normalise=False):
     box = p["box"].float() / sizes.repeat(1,
                                           2).float() * S  # (B,4) top, left, h, w in source pixels
     rois = torch.stack([torch.arange(B, device=source.device, dtype=torch.float32), box[:, 1],
-                        box[:, 0],
-                        box[:, 1] + box[:, 3], box[:, 0] + box[:, 2]],
+                        box[:, 0], box[:, 1] + box[:, 3], box[:, 0] + box[:, 2]],
                        1)  # (B,5): index, x1, y1, x2, y2
     x, colour_args = source.float() / 255, (p["jitter"], p["factors"], p["order"], p["gray"])
     if S < V:

@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import os
 import signal
+import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
@@ -278,3 +280,47 @@ class Stop:
             return 0
         self.setup.say(f"saved {ckpt_path}. Resume with: python train.py --resume {ckpt_path}")
         return 130 if self.reason == signal.SIGINT else 143
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+RUN_FILES = ("last.pt", "metrics.jsonl")  # a folder that holds one of these holds a run
+# what --overwrite removes with them (TensorBoard's files: a prefix)
+RUN_PICTURES = ("curves.png", "events.out.tfevents.")
+
+
+def claim_run_folder(args, setup):
+    """No run is lost: an --out that already holds another run's last.pt or metrics.jsonl is refused
+    (exit 2, one message), unless --resume continues it or --overwrite starts it afresh (the main
+    process then removes that run's files first, so that its metrics.jsonl is not appended to nor
+    its curves drawn into the new run's)."""
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out, name))]
+    if not found or args.resume:
+        return
+    if not args.overwrite:
+        if setup.main:
+            print(f"error: {args.out} already holds a run ({', '.join(found)}). Continue it with "
+                  f"--resume {os.path.join(args.out, 'last.pt')}, start it afresh with "
+                  "--overwrite, or choose another --out.", file=sys.stderr)
+        raise SystemExit(2)
+    if setup.main:
+        for name in sorted(os.listdir(args.out)):
+            if name in RUN_FILES or name.startswith(RUN_PICTURES):
+                os.remove(os.path.join(args.out, name))
+        setup.say(f"--overwrite: removed the earlier run's {', '.join(found)} from {args.out}")
+
+
+def git_commit(folder=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+    """The commit of the code in `folder` when it is a git checkout, "+dirty" when files differ from
+    it; else None (no git, not a checkout): a record, never an error."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                              text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    changed = dirty.returncode == 0 and dirty.stdout.strip()
+    return head.stdout.strip() + ("+dirty" if changed else "")

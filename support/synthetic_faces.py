@@ -7,6 +7,8 @@ how faces look.
 import math
 from functools import lru_cache
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -25,11 +27,9 @@ import torch
 SYNTHETIC_LANDMARKS = ["brow_left_outer", "brow_left_inner", "brow_right_inner", "brow_right_outer",
                        "eye_left_outer", "eye_left_inner", "eye_right_inner", "eye_right_outer",
                        "eye_left_centre", "eye_right_centre", "nose_tip", "mouth_left",
-                       "mouth_right",
-                       "upper_lip", "lower_lip"]
+                       "mouth_right", "upper_lip", "lower_lip"]
 ACTION_UNITS = ["brow_raise", "brow_inner", "brow_lower", "eye_open", "smile", "mouth_open",
-                "lip_press",
-                "nose_wrinkle", "stretch"]
+                "lip_press", "nose_wrinkle", "stretch"]
 EXPRESSIONS = np.array([  # one row per class, in RAF-DB's order; columns as ACTION_UNITS
     # Surprise: brows up, eyes wide, jaw drop (round mouth)
     [1.0, 0.2, 0.0, 0.9, 0.0, 0.9, 0.0, 0.0, -0.4],
@@ -41,8 +41,7 @@ EXPRESSIONS = np.array([  # one row per class, in RAF-DB's order; columns as ACT
     [0.1, 0.0, 0.0, -0.45, 1.0, 0.35, 0.0, 0.1, 0.3],
     [0.0, 1.0, 0.1, -0.3, -0.8, 0.0, 0.3, 0.0, 0.0],  # Sadness: inner brows up, lip corners down
     # Anger: brows down and knit, glare, lips pressed
-    [0.0, 0.0, 1.0, 0.3, -0.2, 0.0, 0.9, 0.2, 0.0],
-    [0.0] * 9,  # Neutral
+    [0.0, 0.0, 1.0, 0.3, -0.2, 0.0, 0.9, 0.2, 0.0], [0.0] * 9,  # Neutral
 ], dtype=np.float32)
 AU_NOISE = 0.15  # spread of every action unit around its class prototype
 EXTENT = 1.6  # face units from the image centre to its edge, at scale 1
@@ -51,8 +50,7 @@ ALIGNED_EYE_DX, ALIGNED_EYE_Y = 0.36, -0.3
 LOOKS = ("aligned", "scene")
 SKIN = np.array([[0.98, 0.84, 0.72], [0.36, 0.22, 0.15]], dtype=np.float32)  # lightest, darkest
 HAIR = np.array([[0.08, 0.06, 0.05], [0.32, 0.2, 0.11], [0.8, 0.64, 0.36], [0.55, 0.22, 0.08],
-                 [0.68, 0.68, 0.66]],
-                dtype=np.float32)
+                 [0.68, 0.68, 0.66]], dtype=np.float32)
 IRIS = np.array([[0.3, 0.18, 0.08], [0.25, 0.4, 0.6], [0.3, 0.45, 0.25], [0.1, 0.07, 0.05]],
                 dtype=np.float32)
 
@@ -87,7 +85,8 @@ class _Canvas:
         return (x + 1) / 2 * self.n, (y + 1) / 2 * self.n
 
     def window(self, u0, u1, v0, v1):
-        """The pixels (a pair of slices) covering the face-frame box [u0, u1] x [v0, v1], rotated."""
+        """The pixels (a pair of slices) covering the face-frame box [u0, u1] x [v0, v1], rotated.
+        """
         x, y = self.to_pixels((u0 + u1) / 2, (v0 + v1) / 2)
         r = self.n / (2 * self.k)  # pixels per face unit
         hx = (abs(self.c) * (u1 - u0) + abs(self.s) * (v1 - v0)) / 2 * r + 1
@@ -115,8 +114,9 @@ class _Canvas:
         [-1, 1]."""
         t = (self.U[w] - cu) / hw
         v = self.V[w]
-        return (self.soft(v - (top[0] + t * (top[1] + t * top[2]))) * self.soft(bottom[0] + t * (bottom[1] + t * bottom[2]) - v)
-                * self.soft(hw * (1 - np.abs(t))))
+        below_top = self.soft(v - (top[0] + t * (top[1] + t * top[2])))
+        above_bottom = self.soft(bottom[0] + t * (bottom[1] + t * bottom[2]) - v)
+        return below_top * above_bottom * self.soft(hw * (1 - np.abs(t)))
 
     def paint(self, w, alpha, colour):
         img = self.img[:, w[0], w[1]]  # a view: painting writes into the canvas
@@ -140,22 +140,9 @@ class _Canvas:
         self.paint(w, alpha if mask is None else alpha * mask[w], colour)
 
 
-def draw_face(rng, label, n, look="aligned"):
-    """One random face showing expression `label` -> (uint8 [3, n, n], float32 [15, 2] pixel
-    landmarks).
-
-    look "aligned": a tight, aligned face crop as RAF-DB's aligned/, AffectNet's and FERPlus's faces
-    are (the face fills the frame, the eyes at a fixed height and distance, ±5° of roll); "scene":
-    head and shoulders in a cluttered scene, ±15° of roll, 0.85-1.15 scale.
-    """
+def _identity(rng):
+    """A face's identity: its shapes, colours and the resting positions that expressions move."""
     u = rng.uniform
-    au = EXPRESSIONS[label] * u(0.3, 1.0) + rng.normal(0, AU_NOISE,
-                                                       len(ACTION_UNITS)).astype(np.float32)
-    au = dict(zip(ACTION_UNITS, au))
-    # one-sided muscles
-    for unit in ("brow_inner", "brow_lower", "mouth_open", "lip_press", "nose_wrinkle"):
-        au[unit] = max(au[unit], 0.0)
-    # identity: shapes, colours and the resting positions that expressions move
     fw, fh, jaw = u(0.82, 1.0), u(1.15, 1.35), u(0.0, 0.35)
     skin = SKIN[0] + (SKIN[1] - SKIN[0]) * u() + rng.normal(0, 0.02, 3).astype(np.float32)
     hair = HAIR[rng.integers(len(HAIR))] * u(0.8, 1.2)
@@ -163,6 +150,16 @@ def draw_face(rng, label, n, look="aligned"):
     brow_gap, brow_arch, brow_th = u(0.17, 0.25), u(0.0, 0.05), u(0.03, 0.05)
     nose_y, nose_w = u(0.2, 0.32), u(0.09, 0.14)
     mouth_y, mouth_w, lip = u(0.56, 0.68), u(0.24, 0.33), u(0.035, 0.06)
+    return SimpleNamespace(fw=fw, fh=fh, jaw=jaw, skin=skin, hair=hair, eye_y=eye_y, eye_dx=eye_dx,
+                           eye_w=eye_w, eye_h=eye_h, brow_gap=brow_gap, brow_arch=brow_arch,
+                           brow_th=brow_th, nose_y=nose_y, nose_w=nose_w, mouth_y=mouth_y,
+                           mouth_w=mouth_w, lip=lip)
+
+
+def _scene(rng, n, look, f):
+    """The canvas, posed as `look` asks, and its background: -> (canvas, x, y, noise)."""
+    u = rng.uniform
+    eye_y, eye_dx = f.eye_y, f.eye_dx
     # nuisances: pose, background, lighting, noise
     # the eye centres land near (±ALIGNED_EYE_DX, ALIGNED_EYE_Y) in [-1, 1] image units
     if look == "aligned":
@@ -175,15 +172,21 @@ def draw_face(rng, label, n, look="aligned"):
     x, y, noise = _pixel_grid(n)
     phi = u(0, 2 * math.pi)
     c0, c1 = rng.uniform(0, 1, (2, 3)).astype(np.float32)
-    cv.img[:] = c0[:, None, None] + (x * math.cos(phi) + y * math.sin(phi) + 1) / 2 * (c1 - c0)[:,
-                                                                                                None, None]
+    ramp = (x * math.cos(phi) + y * math.sin(phi) + 1) / 2
+    cv.img[:] = c0[:, None, None] + ramp * (c1 - c0)[:, None, None]
     for _ in range(rng.integers(2, 6)):  # clutter
         cu, cvv, a, b = u(-2.2, 2.2), u(-2.2, 2.2), u(0.1, 0.7), u(0.1, 0.7)
         if u() < 0.5:
             cv.draw_ellipse(cu, cvv, a, b, rng.uniform(0, 1, 3))
         else:
             cv.draw_band(cu, a, (cvv - b, 0, 0), (cvv + b, 0, 0), rng.uniform(0, 1, 3))
+    return cv, x, y, noise
 
+
+def _head(cv, rng, f, n):
+    """Clothes, neck, hair behind, ears, the face and its fringe."""
+    u = rng.uniform
+    fw, fh, jaw, skin, hair, eye_y, mouth_y = f.fw, f.fh, f.jaw, f.skin, f.hair, f.eye_y, f.mouth_y
     # head: clothes, neck, hair behind, ears, face, fringe
     cv.draw_ellipse(0, fh + 0.95, 1.7, 0.75, rng.uniform(0, 1, 3))
     cv.draw_band(0, 0.4 * fw, (0.5 * fh, 0, 0), (fh + 0.6, 0, 0), skin * 0.85)
@@ -206,9 +209,13 @@ def draw_face(rng, label, n, look="aligned"):
     if u() < 0.15:  # beard
         cv.draw_band(0, fw, (mouth_y - 0.2, 0, 0.25), (fh * 1.05, 0, -0.6), hair * 0.9, mask=face)
 
+
+def _eyes(cv, rng, f, au, marks):
+    """Both eyes, and their landmarks into `marks`."""
+    u = rng.uniform
+    skin, eye_y, eye_dx, eye_w, eye_h = f.skin, f.eye_y, f.eye_dx, f.eye_w, f.eye_h
     # eyes: sclera, iris, pupil, outline; eye_open widens (surprise, fear) or narrows (smile,
     # squint) the opening
-    marks = {}
     h = eye_h * np.clip(1 + 0.55 * au["eye_open"], 0.15, 2.0)
     iris, gaze = IRIS[rng.integers(len(IRIS))], u(-0.04, 0.04, 2)
     for s, side in ((-1, "left"), (1, "right")):
@@ -225,23 +232,33 @@ def draw_face(rng, label, n, look="aligned"):
                                                                   eye_y), (cu - s * eye_w, eye_y)
         marks[f"eye_{side}_centre"] = (cu, eye_y)
 
+
+def _brows(cv, f, au, marks):
+    """Both brows and the frown lines, and their landmarks into `marks`."""
+    skin, hair, eye_y, eye_dx, eye_w = f.skin, f.hair, f.eye_y, f.eye_dx, f.eye_w
+    brow_gap, brow_arch, brow_th = f.brow_gap, f.brow_arch, f.brow_th
     # brows: raised (brow_raise), inner ends raised (brow_inner, sadness / fear), lowered and knit
     # (brow_lower)
     brow = np.minimum(hair * 0.8, skin * 0.45)
     v_base = eye_y - brow_gap - 0.11 * au["brow_raise"] + 0.06 * au["brow_lower"]
     d_in, d_out = -0.1 * au["brow_inner"] + 0.08 * au["brow_lower"], 0.03 * au["brow_inner"]
     for s, side in ((-1, "left"), (1, "right")):
-        u_in, u_out = s * (eye_dx - 0.8 * eye_w - 0.05 * au["brow_lower"]), s * (eye_dx + 1.15 * eye_w)
+        u_in = s * (eye_dx - 0.8 * eye_w - 0.05 * au["brow_lower"])
+        u_out = s * (eye_dx + 1.15 * eye_w)
         # v(t) through both ends
         c0, c1 = v_base - brow_arch + (d_in + d_out) / 2, s * (d_out - d_in) / 2
         cv.draw_band((u_in + u_out) / 2, abs(u_out - u_in) / 2, (c0 - brow_th,
                                                                  c1 + 0.3 * s * brow_th, brow_arch),
                      (c0 + brow_th, c1 - 0.3 * s * brow_th, brow_arch), brow)
-        marks[f"brow_{side}_inner"], marks[f"brow_{side}_outer"] = (u_in, v_base + d_in), (u_out,
-                                                                                           v_base + d_out)
+        marks[f"brow_{side}_inner"] = (u_in, v_base + d_in)
+        marks[f"brow_{side}_outer"] = (u_out, v_base + d_out)
         cv.draw_ellipse(s * 0.05, eye_y - 0.06, 0.012, 0.06, skin * 0.6,
                         opacity=min(0.8 * au["brow_lower"], 1))  # frown lines
 
+
+def _nose(cv, f, au, marks):
+    """The nose and its wrinkles, and its tip into `marks`."""
+    skin, eye_y, nose_y, nose_w = f.skin, f.eye_y, f.nose_y, f.nose_w
     # nose: tip shading, nostrils (raised by the wrinkle), wrinkles across the bridge (disgust)
     cv.draw_ellipse(0, nose_y, nose_w * 0.6, 0.06, skin * 0.85, opacity=0.6)
     for s in (-1, 1):
@@ -253,6 +270,10 @@ def draw_face(rng, label, n, look="aligned"):
                      opacity=min(0.9 * au["nose_wrinkle"], 1))
     marks["nose_tip"] = (0, nose_y)
 
+
+def _mouth(cv, f, au, marks):
+    """The lips, the mouth's opening and teeth, and its landmarks into `marks`."""
+    skin, mouth_y, mouth_w, lip = f.skin, f.mouth_y, f.mouth_w, f.lip
     # mouth: corners up / down (smile), opening (mouth_open), thinner and narrower lips (lip_press),
     # sideways stretch (fear), upper lip raised (nose wrinkle); all edges are parabolas through the
     # corners
@@ -279,6 +300,32 @@ def draw_face(rng, label, n, look="aligned"):
     marks["mouth_left"], marks["mouth_right"] = (-mw, mouth_y + dy), (mw, mouth_y + dy)
     marks["upper_lip"], marks["lower_lip"] = (0, top), (0, bottom)
 
+
+def draw_face(rng, label, n, look="aligned"):
+    """One random face showing expression `label` -> (uint8 [3, n, n], float32 [15, 2] pixel
+    landmarks).
+
+    look "aligned": a tight, aligned face crop as RAF-DB's aligned/, AffectNet's and FERPlus's faces
+    are (the face fills the frame, the eyes at a fixed height and distance, ±5° of roll); "scene":
+    head and shoulders in a cluttered scene, ±15° of roll, 0.85-1.15 scale.
+    """
+    u = rng.uniform
+    au = EXPRESSIONS[label] * u(0.3, 1.0) + rng.normal(0, AU_NOISE,
+                                                       len(ACTION_UNITS)).astype(np.float32)
+    au = dict(zip(ACTION_UNITS, au))
+    # one-sided muscles
+    for unit in ("brow_inner", "brow_lower", "mouth_open", "lip_press", "nose_wrinkle"):
+        au[unit] = max(au[unit], 0.0)
+    # identity: shapes, colours and the resting positions that expressions move
+    f = _identity(rng)
+    cv, x, y, noise = _scene(rng, n, look, f)
+    _head(cv, rng, f, n)
+    marks = {}
+    _eyes(cv, rng, f, au, marks)
+    _brows(cv, f, au, marks)
+    _nose(cv, f, au, marks)
+    _mouth(cv, f, au, marks)
+    eye_y, eye_dx, eye_w = f.eye_y, f.eye_dx, f.eye_w
     if u() < 0.15:  # glasses
         frame = rng.uniform(0, 0.5, 3)
         for s in (-1, 1):

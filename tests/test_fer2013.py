@@ -280,18 +280,47 @@ def test_curve_table_and_picture_from_rows(tmp_path):
     rows = [{"arm": "random trunk", "seed": 0, "epoch": 0, "images": 0, "linear": 0.25, "knn": 0.2},
             {"arm": "simclr", "seed": 0, "epoch": 1, "images": 100, "linear": 0.2, "knn": 0.21},
             {"arm": "simclr", "seed": 1, "epoch": 1, "images": 100, "linear": 0.3, "knn": 0.23},
-            {"arm": "simclr", "seed": 0, "epoch": 2, "images": 200, "linear": 0.4, "knn": 0.3,
-             "hit_rate": 0.3,
-             "hit_rate_random": 0.245, "hit_rate_central": 0.44},
-            {"arm": "semantic masking, untrained", "seed": 0, "epoch": 0, "images": 0,
-             "hit_rate": 0.46,
+            {"arm": "simclr", "seed": 0, "epoch": 2, "images": 200, "linear": 0.4, "knn": 0.3, "hit_rate": 0.3,
+             "hit_rate_random": 0.245, "hit_rate_central": 0.44, "linear_dedup": 0.32, "knn_dedup": 0.27,
+             "ffl_grad_share": 0.25},
+            {"arm": "semantic masking, untrained", "seed": 0, "epoch": 0, "images": 0, "hit_rate": 0.46,
              "hit_rate_random": 0.245, "hit_rate_central": 0.44}]
     for r in rows:
         learning_curve.append_row(path, r)
     learning_curve.draw(path)
     table = open(tmp_path / "curve.md").read()
-    # mean ± std over the seeds
-    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 |" in table
-    assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 30.0 / 24.5 / 44.0 |" in table
-    assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | 46.0 / 24.5 / 44.0 |" in table
+    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 | – |" in table  # mean ± std over the seeds
+    assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 32.0 / 27.0 | 30.0 / 24.5 / 44.0 | 25.0 |" in table
+    assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | – | 46.0 / 24.5 / 44.0 |" in table
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_held_out_faces_copied_from_train_are_found_counted_and_left_out(tmp_path, capsys):
+    """Two PublicTest faces are Training faces saved again (one brighter by a few levels, still a near-exact copy);
+    prepare_fer2013 counts and lists them, eval.py scores the split with and without them."""
+    src = tmp_path / "src"
+    layout = [("train", c, f"Training_{k}.png") for k, c in enumerate(prepare.CLASSES * 2)]
+    layout += [("test", c, f"PublicTest_{k}.png") for k, c in enumerate(prepare.CLASSES)]
+    for k, (split, cls, name) in enumerate(layout):
+        os.makedirs(src / split / cls, exist_ok=True)
+        pixels = face(k)
+        if name in ("PublicTest_1.png", "PublicTest_4.png"):  # copies of Training_3 and Training_11
+            pixels = face(3) if name == "PublicTest_1.png" else np.clip(face(11).astype(int) + 3, 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(src / split / cls / name)
+    assert prepare.main(["--from", str(src), "--out", str(tmp_path / "fer2013")]) == 0
+    assert "PublicTest (val): 2 of 7 faces (28.6 %) have a near-exact copy in Training" in capsys.readouterr().out
+    report = json.load(open(tmp_path / "fer2013" / "duplicates.json"))
+    assert report["val"]["indices"] == [1, 4] and report["val"]["nearest_training"] == [3, 11]
+    assert report["test"]["duplicates"] == 0 and report["threshold"] == data.DUPLICATE_COSINE
+    train_base, val = (data.get_dataset("fer2013", tmp_path, s) for s in ("train", "val"))
+    mask, nearest = data.near_duplicates(train_base, val)
+    assert mask.tolist() == [False, True, False, False, True, False, False] and nearest[[1, 4]].tolist() == [3, 11]
+    assert data.near_duplicates(data.random_subset(train_base, 5), val) is None  # not held in memory: not checked
+    out = tmp_path / "eval"
+    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--split", "val",
+                         "--mode", "knn", "--out", str(out)]) == 0
+    assert "2 of the val faces have a near-exact copy in train" in capsys.readouterr().out
+    r = json.load(open(out / "eval_knn_fer2013_val.json"))
+    assert r["held_out_duplicates"] == 2
+    pred_right = round(r["accuracy"] * 7)
+    assert 0 <= r["accuracy_deduplicated"] <= 1 and round(r["accuracy_deduplicated"] * 5) <= pred_right

@@ -64,19 +64,11 @@ TUTORIAL = {"exercises.py", "tutorial_solutions.py", "tools/make_tutorial.py", "
 OWN = sorted(p for p in (os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "**", "*.py"),
                                                                      recursive=True))
              if p not in TUTORIAL and not p.startswith((".", "runs", "data" + os.sep)))
-# to be reformatted by their owner; and files whose lines are not yet all wrapped (docs/architecture.md,
-# "Not yet"): each leaves this set when it passes
-LONG_LINES_FOR_NOW = {"benchmarks/learning_curve.py", "benchmarks/prepare_fer2013.py",
-                      "benchmarks/bench_data.py", "benchmarks/bench_fer2013.py", "benchmarks/bench_memory.py",
-                      "benchmarks/bench_probe.py", "benchmarks/bench_step.py",
-                      "benchmarks/calibrate_synthetic.py", "benchmarks/compare.py",
-                      "benchmarks/few_labels.py", "benchmarks/probe_lr_check.py",
-                      "benchmarks/sweep_synthetic.py", "data.py", "eval.py", "train.py",
-                      "support/device_augment.py", "support/observe.py", "support/synthetic_faces.py",
-                      "tests/test_data.py", "tests/test_fer2013.py", "tests/test_simfle.py",
-                      "tests/test_structure.py", "tests/test_train.py"}
-OVER_600_FOR_NOW = {"data.py", "eval.py", "tests/test_data.py", "tests/test_train.py"}
-LONG_FUNCTIONS_FOR_NOW = {("benchmarks/compare.py", "main"), ("support/synthetic_faces.py", "draw_face")}
+# files whose lines are not all wrapped at 100 yet: the tests and the benchmark scripts (the
+# modules a reader reads, simfle.py, train.py, eval.py, data.py, hubconf.py and support/, are)
+LONG_LINES_FOR_NOW = {p for p in OWN if p.startswith(("tests" + os.sep, "benchmarks" + os.sep))}
+OVER_600_FOR_NOW = {"tests/test_data.py", "tests/test_train.py"}
+LONG_FUNCTIONS_FOR_NOW = set()
 READING_PATH = {"simfle.py", "train.py", "eval.py", "data.py"}
 
 
@@ -99,7 +91,6 @@ def test_no_module_over_600_lines(path):
     assert n <= 600, f"{path}: {n} lines"
 
 
-@pytest.mark.xfail(strict=True, reason="train.py is at about 400 lines; the target is 350")
 def test_train_py_reads_on_a_few_screens():
     assert len(open(os.path.join(ROOT, "train.py")).read().splitlines()) <= 350
 
