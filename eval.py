@@ -1,14 +1,16 @@
 """
 Evaluate a pretrained SimFLE trunk, rebuilt from the checkpoint alone (no model flags).
 
-    python eval.py --ckpt runs/rafdb-paper/last.pt --data rafdb      # linear probe, the paper's protocol
+    python eval.py --ckpt runs/rafdb-paper/last.pt --data rafdb  # linear probe, the paper's
+        protocol
     python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks  # landmark probe (NME)
-    python eval.py --ckpt random --preset tiny                        # the randomly initialised baseline
+    python eval.py --ckpt random --preset tiny                   # the randomly initialised baseline
     python eval.py --ckpt runs/rafdb-paper/last.pt --predict face1.jpg face2.jpg
 
 Modes: linear (default; frozen trunk, BatchNorm in eval mode), knn, finetune (whole network),
-landmarks (linear regression from the frozen last feature map to landmark coordinates; for a checkpoint with
-FaceMAE also the landmark hit rate of its semantic masking, trained and at initialisation).
+landmarks (linear regression from the frozen last feature map to landmark coordinates; for a
+checkpoint with FaceMAE also the landmark hit rate of its semantic masking, trained and at
+initialisation).
 """
 import argparse
 import copy
@@ -20,95 +22,27 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data
-from simfle import Backbone, SimFLE, SimFLEConfig, group_maps, keep_top_patches, semantic_patch_scores
+from simfle import Backbone, SimFLE, SimFLEConfig
 
-CHECKPOINT_FORMAT = "simfle-checkpoint-v1"
+# shared with train.py (support/common.py); imported here so that `from eval import X` keeps working
+from support.common import (CHECKPOINT_FORMAT, CheckpointError, HelpFormatter, capped,  # noqa: F401
+                            load_checkpoint, loader, pick_device, run_cli)
+# --mode landmarks: the landmark probe (NME) and the hit rate of semantic masking
+from support.landmarks import (central_patches, hit_rate_trained_and_untrained,  # noqa: F401
+                               landmark_hit_rate, landmark_probe)
+TRUNK_FORMAT = "simfle-trunk-v1"  # eval.py --export: the trunk alone (hubconf.py reads it)
 PROBE_FORMAT = "simfle-probe-v1"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message says why and what to do."""
-
-
-# ----------------------------------------------------------------------------- device, checkpoints, command line
-
-
-def pick_device(name):
-    """cuda -> mps -> cpu unless told."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for, but no CUDA GPU is visible. Use --device cpu.")
-    return device
-
-
-def load_checkpoint(path):
-    """Load a SimFLE checkpoint with weights_only=True (a checkpoint file can never run code)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle refusing code, a truncated zip, a text file, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a loadable SimFLE checkpoint (truncated, corrupt, or it contains "
-                              f"code, which is never executed): {first}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a SimFLE checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
-                              f"train one with train.py, or use eval.py --ckpt random")
-    try:
-        ckpt["config_obj"] = SimFLEConfig(**ckpt["config"]).validate()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} holds an unknown model configuration: {e}") from None
-    return ckpt
-
-
-def run_cli(main, argv=None):
-    """Run a script's main(); user mistakes become one message and a non-zero exit instead of a traceback."""
-    try:
-        return main(argv)
-    except (data.DatasetError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError:
-        given = " ".join(sys.argv[1:] if argv is None else argv) or "the defaults"
-        print(f"error: out of GPU memory with {given}. Try a smaller --batch-size, --preset tiny, "
-              f"--precision bf16/fp16, or (train.py) --activation-checkpointing true; the run folder's last.pt "
-              f"still holds the last completed epoch.", file=sys.stderr)
-        return 4
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help that states each option's default once. argparse's "(default: X)" is added only where the help does
-    not already say what the default is, and never for None: a None default means "decided later" (by the
-    preset, the device, the checkpoint), and such options say in their help what that will be."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-    def _format_action(self, action):
-        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
-            action = copy.copy(action)  # argparse skips an option without help; show its default all the same
-            action.help = "(default: %(default)s)"
-        return super()._format_action(action)
 
 
 # ----------------------------------------------------------------------------- the trunk
 
 
 def load_trunk(ckpt, preset="tiny", state=None):
-    """Trunk + its config from a train.py checkpoint, or a random one: -> (Backbone, SimFLEConfig, name).
+    """Trunk + its config from a train.py checkpoint, or a random one: -> (Backbone, SimFLEConfig,
+    name).
 
     `state`: the checkpoint already read by load_checkpoint(ckpt), so the file is read only once.
     """
@@ -118,7 +52,8 @@ def load_trunk(ckpt, preset="tiny", state=None):
     state = state if state is not None else load_checkpoint(ckpt)
     cfg = state["config_obj"]
     trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
-    weights = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    weights = {k[len("backbone."):]: v for k,
+               v in state["model"].items() if k.startswith("backbone.")}
     try:
         trunk.load_state_dict(weights)
     except RuntimeError as e:
@@ -127,24 +62,41 @@ def load_trunk(ckpt, preset="tiny", state=None):
     return trunk, cfg, ckpt
 
 
+def export_trunk(ckpt, path, preset="tiny"):
+    """Write the trunk alone, for other code (hubconf.py; torch.hub): its state_dict under
+    torchvision's key names (a torchvision ResNet's, fc.* missing) and its SimFLEConfig as JSON,
+    only tensors and strings, so that the file loads with torch.load(weights_only=True). -> 0"""
+    trunk, cfg, name = load_trunk(ckpt, preset)
+    torch.save({"format": TRUNK_FORMAT, "config": json.dumps(cfg.to_dict()),
+                "state_dict": trunk.state_dict()}, path)
+    millions = sum(p.numel() for p in trunk.parameters()) / 1e6
+    print(f"wrote {path}: the {cfg.backbone} trunk of {name} ({millions:.1f} M parameters, width "
+          f"{cfg.width}, stem {cfg.stem}); load it with torch.hub.load(<this folder>, "
+          f"\"simfle_trunk\", source=\"local\", checkpoint=\"{path}\")")
+    return 0
+
+
 def load_model(ckpt, state=None):
-    """The whole SimFLE model of a train.py checkpoint (for the masking it learned): -> (SimFLE, config)."""
+    """A train.py checkpoint's whole SimFLE (for the masking it learned): -> (SimFLE, config)."""
     state = state if state is not None else load_checkpoint(ckpt)
     model = SimFLE(state["config_obj"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{ckpt} does not fit its own config: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{ckpt} does not fit its own config: {first}") from None
     return model, state["config_obj"]
 
 
 @torch.no_grad()
 def recompute_batchnorm(trunk, dataset, size, device, workers=0):
-    """A trunk's BatchNorm running statistics recomputed as plain averages over a dataset's resized images.
+    """A trunk's BatchNorm running statistics recomputed as plain averages over a dataset's resized
+    images.
 
-    A random trunk's BatchNorm layers hold their initial statistics (mean 0, variance 1): in eval mode they do
-    nothing. A trained trunk's hold statistics of real images. This puts a random trunk on that footing, to
-    tell what training changed in the weights from what it changed in the statistics alone. -> the trunk.
+    A random trunk's BatchNorm layers hold their initial statistics (mean 0, variance 1): in eval
+    mode they do nothing. A trained trunk's hold statistics of real images. This puts a random trunk
+    on that footing, to tell what training changed in the weights from what it changed in the
+    statistics alone. -> the trunk.
     """
     trunk = trunk.to(device)
     norms = [m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -159,11 +111,6 @@ def recompute_batchnorm(trunk, dataset, size, device, workers=0):
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return trunk.eval()
-
-
-def loader(dataset, batch_size, workers, shuffle=False, seed=0):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=data.collate,
-                      generator=torch.Generator().manual_seed(seed), drop_last=False)
 
 
 # ----------------------------------------------------------------------------- features and metrics
@@ -183,29 +130,25 @@ def embed(trunk, loader, device):
 
 
 def frozen_features(trunk, dataset, size, device, workers=0):
-    """Pooled features of a dataset's images, resized to size x size (no augmentation): -> (n,C), (n,) labels."""
+    """Pooled features of a dataset's images resized to size² (no augmentation): -> (n,C), (n,)."""
     return embed(trunk, loader(data.ProbeView(dataset, size, train=False), 256, workers), device)
 
 
 def knn_predict(train_x, train_y, test_x, num_classes, k=20, temperature=0.07):
-    """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> predicted classes."""
-    train_x, test_x = torch.nn.functional.normalize(train_x, dim=1), torch.nn.functional.normalize(test_x, dim=1)
+    """Weighted k-NN on cosine similarity (the usual self-supervised monitor): -> classes."""
+    train_x, test_x = torch.nn.functional.normalize(train_x,
+                                                    dim=1), torch.nn.functional.normalize(test_x,
+                                                                                          dim=1)
     sim, idx = (test_x @ train_x.T).topk(min(k, len(train_x)), dim=1)
-    votes = torch.zeros(len(test_x), num_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
+    votes = torch.zeros(len(test_x), num_classes).scatter_add_(1, train_y[idx],
+                                                               (sim / temperature).exp())
     return votes.argmax(1)
 
 
-def capped(dataset, n, seed=0):
-    """A fixed random subset of at most n items, the same every epoch."""
-    if n >= len(dataset):
-        return dataset
-    return torch.utils.data.Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
-
-
-
-
-def classification_report(pred, target, classes):
-    """Accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true class)."""
+def classification_report(pred, target, classes, duplicates=None):
+    """Accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true
+    class); with `duplicates` (bool per scored face, data.near_duplicates) also the accuracy on the
+    faces without a copy in the training set."""
     K = len(classes)
     confusion = torch.zeros(K, K, dtype=torch.long)
     confusion.index_put_((target, pred), torch.ones_like(target), accumulate=True)
@@ -214,19 +157,30 @@ def classification_report(pred, target, classes):
     return {"accuracy": (pred == target).float().mean().item(),
             "mean_class_accuracy": per_class[present].mean().item(),
             "per_class_accuracy": {c: per_class[i].item() for i, c in enumerate(classes)},
-            "confusion": confusion.tolist()}
+            "confusion": confusion.tolist(), **deduplicated(pred, target, duplicates)}
+
+
+def deduplicated(pred, target, duplicates):
+    """-> {accuracy_deduplicated, held_out_duplicates} if some scored faces are copies, else {}."""
+    if duplicates is None or not duplicates.any():
+        return {}
+    keep = ~duplicates
+    return {"accuracy_deduplicated": (pred[keep] == target[keep]).float().mean().item(),
+            "held_out_duplicates": int(duplicates.sum())}
 
 
 def confusion_text(confusion, classes):
     w = max(8, max(len(c) for c in classes) + 1)
     lines = ["true \\ predicted".ljust(w) + "".join(c[:7].rjust(8) for c in classes)]
-    lines += [c.ljust(w) + "".join(str(v).rjust(8) for v in row) for c, row in zip(classes, confusion)]
+    lines += [c.ljust(w) + "".join(str(v).rjust(8) for v in row) for c, row in zip(classes,
+                                                                                   confusion)]
     return "\n".join(lines)
 
 
 def save_confusion_png(confusion, classes, path, title, history=None):
-    """A picture of the confusion matrix and, beside it, the accuracy after each epoch of the probe or fine-tuning
-    (the report's "history"), when matplotlib is installed: -> path, or None without matplotlib."""
+    """A picture of the confusion matrix and, beside it, the accuracy after each epoch of the probe
+    or fine-tuning (the report's "history"), when matplotlib is installed: -> path, or None without
+    matplotlib."""
     try:  # Figure, not pyplot: leaves a notebook's backend as it was
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
@@ -244,12 +198,14 @@ def save_confusion_png(confusion, classes, path, title, history=None):
     ax.set_yticks(range(len(classes)), classes)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if m[i, j] > 0.5 else "black")
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if m[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title, fontsize=10)
     if history:
         ax = axes[1]
         ax.plot(range(1, len(history) + 1), [100 * a for a in history], marker="o", markersize=3)
-        ax.set_xlabel("epoch"), ax.set_ylabel("accuracy (%)"), ax.set_title("accuracy after each epoch", fontsize=10)
+        ax.set_xlabel("epoch"), ax.set_ylabel("accuracy (%)"), ax.set_title("accuracy after each "
+                                                                            "epoch", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=120)
     return path
@@ -259,11 +215,13 @@ def save_confusion_png(confusion, classes, path, title, history=None):
 
 
 def probe_head(dim, num_classes):
-    """A linear classifier on standardised features: parameter-free BatchNorm, then Linear(C, K) ~ N(0, 0.01).
+    """A linear classifier on standardised features: parameter-free BatchNorm, then Linear(C, K) ~
+    N(0, 0.01).
 
-    The BatchNorm (as in MAE's linear probe) only standardises each feature with statistics of the training
-    set, so the head stays one affine map; without it the paper's lr (2.0 at batch 1024) diverges on features
-    whose scale differs from trunk to trunk, and a random trunk and a trained one would not be compared fairly.
+    The BatchNorm (as in MAE's linear probe) only standardises each feature with statistics of the
+    training set, so the head stays one affine map; without it the paper's lr (2.0 at batch 1024)
+    diverges on features whose scale differs from trunk to trunk, and a random trunk and a trained
+    one would not be compared fairly.
     """
     linear = nn.Linear(dim, num_classes)
     nn.init.normal_(linear.weight, std=0.01)
@@ -273,25 +231,28 @@ def probe_head(dim, num_classes):
 
 def linear_probe(trunk, train_base, test_base, size, device, epochs=100, batch_size=1024, lr=None,
                  features="augmented", workers=0, seed=0):
-    """The paper's linear probe: frozen trunk (BN in eval mode), Linear(C, K) ~ N(0, 0.01), SGD momentum 0.9,
-    no weight decay, constant lr 0.5 x batch / 256, cross-entropy, RandomResizedCrop + flip for training.
+    """The paper's linear probe: frozen trunk (BN in eval mode), Linear(C, K) ~ N(0, 0.01), SGD
+    momentum 0.9, no weight decay, constant lr 0.5 x batch / 256, cross-entropy, RandomResizedCrop +
+    flip for training.
 
-    features="cached" trains on the features of the un-augmented training images, computed once: much faster,
-    but not the paper's protocol (say so when reporting). Returns the report dict and the trained head.
+    features="cached" trains on the features of the un-augmented training images, computed once:
+    much faster, but not the paper's protocol (say so when reporting). Returns the report dict and
+    the trained head.
     """
     trunk = trunk.to(device).eval().requires_grad_(False)
     test_x, test_y = frozen_features(trunk, test_base, size, device, workers)
     cached = None
     if features == "cached":
         cached = frozen_features(trunk, train_base, size, device, workers)
-    return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device, epochs, batch_size,
-                      lr, workers, seed)
+    return train_head(trunk, cached, (test_x, test_y), test_base.classes, train_base, size, device,
+                      epochs, batch_size, lr, workers, seed, test_base.duplicates)
 
 
-def train_head(trunk, cached, test, classes, train_base=None, size=None, device="cpu", epochs=100, batch_size=1024,
-               lr=None, workers=0, seed=0):
-    """linear_probe's training, on features already computed: `cached` (train features, labels) or None (then the
-    frozen trunk embeds augmented train_base images every epoch); `test` (features, labels). -> (report, head)."""
+def train_head(trunk, cached, test, classes, train_base=None, size=None, device="cpu", epochs=100,
+               batch_size=1024, lr=None, workers=0, seed=0, duplicates=None):
+    """linear_probe's training, on features already computed: `cached` (train features, labels) or
+    None (then the frozen trunk embeds augmented train_base images every epoch); `test` (features,
+    labels). -> (report, head)."""
     torch.manual_seed(seed)
     test_x, test_y = test
     batch_size = min(batch_size, len(cached[0]) if cached is not None else len(train_base))
@@ -306,12 +267,15 @@ def train_head(trunk, cached, test, classes, train_base=None, size=None, device=
     history = []
     for epoch in tqdm(range(epochs), desc=f"linear probe ({features})", **data.progress_options()):
         if features == "cached":
-            order = torch.randperm(len(cached_x), generator=torch.Generator().manual_seed(seed + epoch))
-            batches = ((cached_x[i].to(device), cached_y[i].to(device)) for i in order.split(batch_size))
+            order = torch.randperm(len(cached_x),
+                                   generator=torch.Generator().manual_seed(seed + epoch))
+            batches = ((cached_x[i].to(device),
+                        cached_y[i].to(device)) for i in order.split(batch_size))
         else:
             train_view.set_epoch(epoch)
             batches = ((trunk(x).float(), y) for x, y, _ in
-                       (data.probe_batch(b, device) for b, _ in loader(train_view, batch_size, workers, True, seed + epoch)
+                       (data.probe_batch(b, device) for b, _ in loader(train_view, batch_size,
+                                                                       workers, True, seed + epoch)
                         if b is not None))
         for x, y in batches:
             loss = F.cross_entropy(head(x), y)
@@ -320,32 +284,37 @@ def train_head(trunk, cached, test, classes, train_base=None, size=None, device=
             opt.step()
         head.eval()
         with torch.no_grad():
-            history.append((head(test_x.to(device)).argmax(1).cpu() == test_y).float().mean().item())
+            right = head(test_x.to(device)).argmax(1).cpu() == test_y
+            history.append(right.float().mean().item())
         head.train()
     head.eval()
     with torch.no_grad():
         pred = head(test_x.to(device)).argmax(1).cpu()
-    report = classification_report(pred, test_y, classes)
+    report = classification_report(pred, test_y, classes, duplicates)
     best = max(range(epochs), key=lambda i: history[i])
-    report.update({"mode": "linear", "features": features, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                   "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best], "best_epoch": best + 1,
-                   "history": history})
+    report.update({"mode": "linear", "features": features, "epochs": epochs,
+                   "batch_size": batch_size, "lr": lr,
+                   "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],
+                   "best_epoch": best + 1, "history": history})
     return report, head.cpu()
 
 
 def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     """Weighted k-NN on frozen pooled features (cosine similarity, k = 20)."""
     trunk = trunk.to(device).eval()
-    (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers) for b in (train_base, test_base))
-    report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy, test_base.classes)
+    (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers)
+                          for b in (train_base, test_base))
+    report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy,
+                                   test_base.classes, test_base.duplicates)
     report.update({"mode": "knn", "k": k})
     return report
 
 
-def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None, workers=0, seed=0,
-             every_epoch=True):
-    """Fine-tune the whole network + a linear head: SGD momentum 0.9, wd 1e-4, cosine lr, RRC + flip. The test split
-    is scored after every epoch (the history eval.py draws), or with every_epoch=False after the last one only."""
+def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None,
+             workers=0, seed=0, every_epoch=True):
+    """Fine-tune the whole network + a linear head: SGD momentum 0.9, wd 1e-4, cosine lr, RRC +
+    flip. The test split is scored after every epoch (the history eval.py draws), or with
+    every_epoch=False after the last one only."""
     torch.manual_seed(seed)
     classes = test_base.classes
     batch_size = min(batch_size, len(train_base))
@@ -372,139 +341,12 @@ def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=2
             model.eval()
             logits, y = embed(model, test_loader, device)
             history.append((logits.argmax(1) == y).float().mean().item())
-    report = classification_report(logits.argmax(1), y, classes)
+    report = classification_report(logits.argmax(1), y, classes, test_base.duplicates)
     best = max(range(len(history)), key=lambda i: history[i])
     report.update({"mode": "finetune", "epochs": epochs, "lr": lr, "batch_size": batch_size,
                    "last_epoch_accuracy": history[-1], "best_epoch_accuracy": history[best],
                    "best_epoch": epochs - len(history) + best + 1, "history": history})
     return report
-
-
-@torch.no_grad()
-def feature_maps(trunk, dataset, size, device, workers=0):
-    """Flattened last feature maps and [0,1] landmarks: -> (n, C·h·w), (n, L, 2)."""
-    feats, marks = [], []
-    for b, _ in loader(data.ProbeView(dataset, size, train=False), 128, workers):
-        if b is None:
-            continue
-        x, _, lm = data.probe_batch(b, device)
-        feats.append(trunk.feature_map(x).flatten(1).float().cpu())
-        marks.append(lm.float().cpu())
-    return torch.cat(feats), torch.cat(marks)
-
-
-def ridge(x, y, lam):
-    """Closed-form ridge regression with a bias, in whichever of primal / dual form is smaller."""
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = (x - mx).double(), (y - my).double()
-    if xc.shape[0] < xc.shape[1]:  # dual: W = Xᵀ (X Xᵀ + λI)⁻¹ Y
-        w = xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(len(xc), dtype=xc.dtype), yc)
-    else:
-        w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(xc.shape[1], dtype=xc.dtype), xc.T @ yc)
-    w = w.float()
-    return lambda z: (z - mx) @ w + my
-
-
-def nme(pred, target, eye_idx):
-    """Normalised mean error: mean landmark distance over the inter-ocular distance, per image, averaged."""
-    err = (pred - target).norm(dim=-1).mean(-1)  # (n,)
-    iod = (target[:, eye_idx[0]] - target[:, eye_idx[1]]).norm(dim=-1).clamp(min=1e-6)
-    return (err / iod).mean().item()
-
-
-def landmark_probe(trunk, train_base, test_base, size, device, workers=0, max_train=20000, seed=0):
-    """Landmark probe: ridge regression from the frozen trunk's last feature map to landmark coordinates.
-
-    The ridge strength is chosen on 10 % of the training split (never on the test split); NME on the test split.
-    """
-    if not train_base.num_landmarks:
-        raise data.DatasetError(f"--mode landmarks needs a dataset with landmarks (synthetic, affectnet7/8); "
-                                f"{train_base.name} has none")
-    trunk = trunk.to(device).eval()
-    if len(train_base) > max_train:
-        train_base = torch.utils.data.Subset(train_base, torch.randperm(len(train_base), generator=torch.Generator()
-                                                                        .manual_seed(seed))[:max_train].tolist())
-    x, y = feature_maps(trunk, train_base, size, device, workers)
-    tx, ty = feature_maps(trunk, test_base, size, device, workers)
-    n_val = max(1, len(x) // 10)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    val, fit = perm[:n_val], perm[n_val:]
-    scale = x.pow(2).sum(1).mean().item()  # λ relative to the feature energy
-    scores = {}
-    for lam in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
-        f = ridge(x[fit], y[fit].flatten(1), lam * scale)
-        scores[lam] = nme(f(x[val]).view_as(y[val]), y[val], test_base.eye_idx)
-    lam = min(scores, key=scores.get)
-    f = ridge(x, y.flatten(1), lam * scale)
-    mean_shape = y.mean(0, keepdim=True).expand_as(ty)
-    return {"mode": "landmarks", "nme": nme(f(tx).view_as(ty), ty, test_base.eye_idx),
-            "nme_mean_shape": nme(mean_shape, ty, test_base.eye_idx), "ridge_lambda": lam, "val_nme": scores,
-            "num_landmarks": test_base.num_landmarks, "feature_dim": x.shape[1], "image_size": size}
-
-
-def central_patches(grid, k):
-    """Indices (row-major) of the k patches of a grid x grid layout nearest its centre; ties go to the lower index."""
-    centre = (grid - 1) / 2
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    distance = ((rows - centre) ** 2 + (cols - centre) ** 2).flatten()
-    return torch.sort(distance, stable=True).indices[:k]
-
-
-@torch.no_grad()
-def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
-    """Share of a face's landmarks that fall in *visible* patches under semantic masking (paper §3: the kept
-    patches should be the facial landmarks), and what random masking gives.
-
-    A second control is a fixed mask that keeps the K patches nearest the image centre (central_patches): on
-    aligned faces the landmarks crowd there, so a hit rate means something only above it.
-
-    Each image's masking is scored for every one of the G groups (training draws one at random, so this is the
-    expectation over that draw), with BatchNorm in train mode on batches of `batch_size` origin images, as the
-    masks are made in training; the model itself is not changed. Random masking keeps K of N patches whatever
-    the image, so a landmark inside the image is visible with probability K/N (12/49 = 24.5 %).
-    -> {"semantic": rate, "random": K/N, "central": rate of the fixed central mask, "per_group": [rate per group],
-        "best_group": rate of the best group}
-    """
-    c = model.config
-    if not c.use_facemae:
-        raise ValueError("the landmark hit rate needs a model with FaceMAE (use_facemae=True)")
-    if not dataset.num_landmarks:
-        raise data.DatasetError(f"the landmark hit rate needs a dataset with landmarks; {dataset.name} has none")
-    snapshot = {k: v.clone() for k, v in model.state_dict().items()}  # train-mode BN moves running statistics
-    was_training = model.training
-    model = model.to(device).train()
-    grid = c.origin_size // c.patch_size
-    hits, total, central_hits = torch.zeros(c.groups), 0, 0.0
-    central = torch.zeros(grid * grid, dtype=torch.bool)
-    central[central_patches(grid, c.num_visible)] = True
-    for batch, _ in loader(data.ProbeView(dataset, c.origin_size, train=False), batch_size, workers):
-        if batch is None:
-            continue
-        origin, _, marks = data.probe_batch(batch, device)  # marks in [0, 1] of the image
-        maps = group_maps(model.grouping(model.backbone.feature_map(origin).float()), c.groups)  # (B,G,h,w)
-        col, row = (marks * grid).floor().long().unbind(-1)  # (B,L) patch column and row of each landmark
-        inside = (col >= 0) & (col < grid) & (row >= 0) & (row < grid)
-        patch = (row.clamp(0, grid - 1) * grid + col.clamp(0, grid - 1))  # (B,L)
-        for g in range(c.groups):
-            chosen = torch.full((origin.shape[0],), g, device=device)
-            _, mask, _ = keep_top_patches(semantic_patch_scores(maps, chosen, c.origin_size, c.patch_size), c.num_visible)
-            visible = (mask.gather(1, patch) == 0) & inside  # (B,L)
-            hits[g] += visible.float().sum().cpu()
-        central_hits += (central.to(device)[patch] & inside).float().sum().item()
-        total += marks.shape[0] * marks.shape[1]
-    model.load_state_dict(snapshot)
-    model.train(was_training)
-    per_group = (hits / max(total, 1)).tolist()
-    return {"semantic": sum(per_group) / len(per_group), "random": c.num_visible / c.num_patches,
-            "central": central_hits / max(total, 1), "per_group": per_group, "best_group": max(per_group), "images": len(dataset)}
-
-
-def hit_rate_trained_and_untrained(model, seed, dataset, device, workers=0):
-    """landmark_hit_rate of a trained model, and of its configuration as `train.py --seed seed` initialised it
-    (train.py seeds torch right before it builds the model): -> (trained, untrained), landmark_hit_rate's dicts."""
-    trained = landmark_hit_rate(model, dataset, device, workers=workers)
-    torch.manual_seed(seed)
-    return trained, landmark_hit_rate(SimFLE(model.config), dataset, device, workers=workers)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -514,49 +356,66 @@ def print_report(r, classes, title):
     print(f"\n== {title}")
     if r["mode"] == "landmarks":
         print(f"landmark NME (inter-ocular): {100 * r['nme']:.2f} %   (mean-shape baseline: "
-              f"{100 * r['nme_mean_shape']:.2f} %)   ridge lambda {r['ridge_lambda']:g} chosen on a train hold-out")
+              f"{100 * r['nme_mean_shape']:.2f} %)   ridge lambda {r['ridge_lambda']:g} chosen on "
+              "a train hold-out")
         if "hit_rate" in r:
             h, u = r["hit_rate"], r["hit_rate_untrained"]
-            print(f"landmark hit rate (landmarks in visible patches, mean over the {len(h['per_group'])} groups): "
-                  f"semantic masking {100 * h['semantic']:.1f} % (best group {100 * h['best_group']:.1f} %); "
-                  f"the same model untrained {100 * u['semantic']:.1f} %; random masking {100 * h['random']:.1f} %")
+            print("landmark hit rate (landmarks in visible patches, mean over the "
+                  f"{len(h['per_group'])} groups): "
+                  f"semantic masking {100 * h['semantic']:.1f} % (best group "
+                  f"{100 * h['best_group']:.1f} %); "
+                  f"the same model untrained {100 * u['semantic']:.1f} %; random masking "
+                  f"{100 * h['random']:.1f} %")
         return
     if "last_epoch_accuracy" in r:
         print(f"accuracy, last epoch:  {100 * r['last_epoch_accuracy']:.2f} %")
-        print(f"accuracy, best epoch:  {100 * r['best_epoch_accuracy']:.2f} % (epoch {r['best_epoch']}; chosen on the "
+        print(f"accuracy, best epoch:  {100 * r['best_epoch_accuracy']:.2f} % (epoch "
+              f"{r['best_epoch']}; chosen on the "
               f"test split as the reference code did: optimistic)")
     else:
         print(f"accuracy: {100 * r['accuracy']:.2f} %")
+    if "accuracy_deduplicated" in r:
+        print(f"accuracy without the {r['held_out_duplicates']} scored faces with a near-exact "
+              f"copy in train (data.near_duplicates): {100 * r['accuracy_deduplicated']:.2f} %")
     print(f"mean class accuracy:   {100 * r['mean_class_accuracy']:.2f} %")
-    print("per class: " + ", ".join(f"{c} {100 * a:.1f}" for c, a in r["per_class_accuracy"].items()))
+    print("per class: " + ", ".join(f"{c} {100 * a:.1f}" for c,
+                                    a in r["per_class_accuracy"].items()))
     print(confusion_text(r["confusion"], classes))
 
 
-def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256, look="aligned"):
-    """After pretraining: linear probe (cached features) of the trained trunk and of a random trunk, side by side.
+def compare_with_random(ckpt, data_name, root, device, epochs=30, seed=0, workers=0, batch_size=256,
+                        look="aligned", count=None):
+    """After pretraining: linear probe (cached features) of the trained trunk and of a random trunk,
+    side by side.
 
-    Batch 256 rather than the paper's 1024: a few thousand cached features make only a handful of batches of
-    1024 an epoch, too few steps for the head to converge in a quick check.
+    count: the number of synthetic faces in each split (train.py's --num-synthetic; default 4,000
+    and 1,000). Batch 256 rather than the paper's 1024: a few thousand cached features make only a
+    handful of batches of 1024 an epoch, too few steps for the head to converge in a quick check.
     """
-    train_base = data.get_dataset(data_name, root, "train", seed=seed, synthetic_look=look, render=True)
-    test_base = data.get_dataset(data_name, root, "test", seed=seed, synthetic_look=look, render=True)
+    train_base, test_base = (data.get_dataset(data_name, root, split, seed=seed, render=True,
+                                              synthetic_look=look, synthetic_count=count)
+                             for split in ("train", "test"))
     trained, cfg, _ = load_trunk(ckpt)
     torch.manual_seed(seed)
     random_trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     # the same random weights with BatchNorm statistics of the faces, as a trained trunk has them
-    random_bn = recompute_batchnorm(copy.deepcopy(random_trunk), train_base, cfg.view_size, device, workers)
+    random_bn = recompute_batchnorm(copy.deepcopy(random_trunk), train_base, cfg.view_size, device,
+                                    workers)
     results = {}
-    for name, trunk in (("pretrained", trained), ("random", random_trunk), ("random, BN", random_bn)):
-        results[name], _ = linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=epochs,
-                                        batch_size=batch_size, features="cached", workers=workers, seed=seed)
+    for name, trunk in (("pretrained", trained), ("random", random_trunk), ("random, BN",
+                                                                            random_bn)):
+        results[name], _ = linear_probe(trunk, train_base, test_base, cfg.view_size, device,
+                                        epochs=epochs,
+                                        batch_size=batch_size, features="cached", workers=workers,
+                                        seed=seed)
     chance = 1 / len(test_base.classes)
-    print(f"\nlinear probe on {data_name} test ({len(test_base)} images, {epochs} epochs, batch {batch_size}, "
-          f"cached features):")
+    print(f"\nlinear probe on {data_name} test ({len(test_base)} images, {epochs} epochs, batch "
+          f"{batch_size}, cached features):")
     for name, r in results.items():
         print(f"  {name:10s} trunk: {100 * r['last_epoch_accuracy']:.2f} % (last epoch), "
               f"mean class {100 * r['mean_class_accuracy']:.2f} %")
-    print("  (random, BN: the random trunk with BatchNorm statistics recomputed on the training faces, as a trained "
-          "trunk has them)")
+    print("  (random, BN: the random trunk with BatchNorm statistics recomputed on the training "
+          "faces, as a trained trunk has them)")
     print(f"  chance: {100 * chance:.2f} %")
     with open(os.path.join(os.path.dirname(ckpt), f"probe_vs_random_{data_name}.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -583,8 +442,9 @@ def predict(ckpt, images, device):
         except data.BadImageError as e:
             print(f"{image_path}: skipped ({e})", file=sys.stderr)
             continue
-        x = data.normalize(F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                                         align_corners=False).round().clamp(0, 255).to(torch.uint8)).to(device)
+        x = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        x = data.normalize(x.round().clamp(0, 255).to(torch.uint8)).to(device)
         with torch.no_grad():
             probs = F.softmax(head(trunk(x)), dim=1)[0].cpu()
         order = probs.argsort(descending=True)
@@ -596,48 +456,65 @@ def predict(ckpt, images, device):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Evaluate a SimFLE trunk.", formatter_class=HelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (last.pt), or 'random'")
-    p.add_argument("--data", default=None, choices=list(data.DATASETS), help="default: the checkpoint's dataset")
-    p.add_argument("--root", default=None, help="dataset folder (default: data/<data>)")
-    p.add_argument("--mode", default="linear", choices=["linear", "knn", "finetune", "landmarks"])
-    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="backbone of --ckpt random")
-    p.add_argument("--epochs", type=int, default=100, help="linear probe / fine-tuning epochs (paper: 100)")
-    p.add_argument("--batch-size", type=int, default=1024, help="paper: 1024 for the linear probe")
-    p.add_argument("--lr", type=float, default=None, help="default: 0.5 x batch/256 (linear), 0.01 x batch/256 (finetune)")
-    p.add_argument("--features", default="augmented", choices=["augmented", "cached"],
-                   help="linear probe: augmented = paper protocol; cached = un-augmented features, computed once")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labels-per-class", type=int, default=None, metavar="N",
-                   help="train the probe / fine-tuning on N labelled images per class of the train split (a seeded, "
-                        "class-balanced subset drawn with --seed; the rest unused); default: every label")
-    p.add_argument("--look", default=None, choices=list(data.LOOKS),
-                   help="synthetic faces: default the look the checkpoint was trained on (aligned for --ckpt random)")
-    p.add_argument("--split", default="test", choices=["test", "val"],
-                   help="where to score: test, or val to choose settings (synthetic faces and FER2013's PublicTest)")
-    p.add_argument("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
-    p.add_argument("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
+    p = argparse.ArgumentParser(description="Evaluate a SimFLE trunk.",
+                                formatter_class=HelpFormatter)
+    add = p.add_argument
+    add("--ckpt", required=True, help="a train.py checkpoint (last.pt), or 'random'")
+    add("--data", default=None, choices=list(data.DATASETS), help="default: the checkpoint's data")
+    add("--root", default=None, help="dataset folder (default: data/<data>)")
+    add("--mode", default="linear", choices=["linear", "knn", "finetune", "landmarks"])
+    add("--preset", default="tiny", choices=["tiny", "paper"], help="backbone of --ckpt random")
+    add("--epochs", type=int, default=100, help="linear probe / fine-tuning epochs (paper: 100)")
+    add("--batch-size", type=int, default=1024, help="paper: 1024 for the linear probe")
+    add("--lr", type=float, default=None,
+        help="default: 0.5 x batch/256 (linear), 0.01 x batch/256 (finetune)")
+    add("--features", default="augmented", choices=["augmented", "cached"],
+        help="linear probe: augmented = paper protocol; cached = plain features, computed once")
+    add("--device", default="auto")
+    add("--workers", type=int, default=0)
+    add("--seed", type=int, default=0)
+    add("--labels-per-class", type=int, default=None, metavar="N",
+        help="train the probe / fine-tuning on N labelled images per class of the train split (a "
+             "seeded, class-balanced subset drawn with --seed; the rest unused); default: all")
+    add("--look", default=None, choices=list(data.LOOKS),
+        help="synthetic faces: default the look the checkpoint was trained on (aligned for --ckpt "
+             "random)")
+    add("--split", default="test", choices=["test", "val"],
+        help="where to score: test, or val to choose settings (synthetic faces and FER2013's "
+             "PublicTest)")
+    add("--out", default=None, help="folder for the JSON / PNG (default: beside the checkpoint)")
+    add("--predict", nargs="+", metavar="IMG", help="print the expression of these images")
+    add("--export", default=None, metavar="PATH",
+        help="write the trunk alone to PATH (torchvision key names + its config; see hubconf.py) "
+             "and stop")
     return p
 
 
 def evaluation_data(args, state):
-    """The train split (or its --labels-per-class subset) and the split to score: -> (train, scored)."""
+    """The train split (or its --labels-per-class subset), the split to score -> (train, scored)"""
     if args.look is None:  # checkpoints from before the look option were trained on the scene look
         args.look = "aligned" if state is None else state["train"].get("look", "scene")
-    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed, synthetic_look=args.look, render=True)
-    test_base = data.get_dataset(args.data, args.root, args.split, seed=args.seed, synthetic_look=args.look, render=True)
+    train_base = data.get_dataset(args.data, args.root, "train", seed=args.seed,
+                                  synthetic_look=args.look, render=True)
+    test_base = data.get_dataset(args.data, args.root, args.split, seed=args.seed,
+                                 synthetic_look=args.look, render=True)
     if not test_base.classes:
         raise data.DatasetError(f"{args.data} has no labels to evaluate with")
     classes = test_base.classes
     print(f"{args.data}: {len(train_base)} train / {len(test_base)} {args.split} images, "
           f"{len(classes)} classes ({', '.join(classes)})")
+    # before a few-label subset: copies in the whole split
+    found = data.near_duplicates(train_base, test_base)
+    if found is not None and found[0].any():
+        test_base.duplicates = found[0]
+        print(f"{int(found[0].sum())} of the {args.split} faces have a near-exact copy in train "
+              f"(cosine > {data.DUPLICATE_COSINE} on 16x16 grey pixels): accuracy is also reported "
+              "without them")
     if args.labels_per_class:
         train_base = data.labels_per_class(train_base, args.labels_per_class, args.seed)
         counts = [train_base.labels.count(k) for k in range(len(classes))]
-        print(f"few labels: {len(train_base)} training images, {args.labels_per_class} per class (seed {args.seed})"
-              + ("" if min(counts) == args.labels_per_class else
+        print(f"few labels: {len(train_base)} training images, {args.labels_per_class} per class "
+              f"(seed {args.seed})" + ("" if min(counts) == args.labels_per_class else
                  f"; classes with fewer keep all theirs: {dict(zip(classes, counts))}"))
     return train_base, test_base
 
@@ -645,19 +522,24 @@ def evaluation_data(args, state):
 def run_mode(args, state, trunk, cfg, train_base, test_base, device, out):
     """The chosen evaluation: -> its report."""
     if args.mode == "linear":
-        report, head = linear_probe(trunk, train_base, test_base, cfg.view_size, device, args.epochs, args.batch_size,
+        report, head = linear_probe(trunk, train_base, test_base, cfg.view_size, device,
+                                    args.epochs, args.batch_size,
                                     args.lr, args.features, args.workers, args.seed)
         if args.ckpt != "random":
-            torch.save({"format": PROBE_FORMAT, "head": head.state_dict(), "classes": test_base.classes,
-                        "size": cfg.view_size, "data": args.data}, os.path.join(out, "probe_head.pt"))
+            torch.save({"format": PROBE_FORMAT, "head": head.state_dict(),
+                        "classes": test_base.classes,
+                        "size": cfg.view_size, "data": args.data}, os.path.join(out,
+                                                                                "probe_head.pt"))
     elif args.mode == "knn":
         report = knn_eval(trunk, train_base, test_base, cfg.view_size, device, workers=args.workers)
     elif args.mode == "finetune":
-        report = finetune(trunk, train_base, test_base, cfg.view_size, device, args.epochs, min(args.batch_size, 256),
-                          args.lr, args.workers, args.seed)
+        report = finetune(trunk, train_base, test_base, cfg.view_size, device, args.epochs,
+                          min(args.batch_size, 256), args.lr, args.workers, args.seed)
     else:
-        report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers, seed=args.seed)
-        if state is not None and cfg.use_facemae:  # the masking itself: trained, and the same config untrained
+        report = landmark_probe(trunk, train_base, test_base, cfg.origin_size, device, args.workers,
+                                seed=args.seed)
+        # the masking itself: trained, and the same config untrained
+        if state is not None and cfg.use_facemae:
             report["hit_rate"], report["hit_rate_untrained"] = hit_rate_trained_and_untrained(
                 load_model(args.ckpt, state)[0], args.seed, test_base, device, args.workers)
     return report
@@ -675,6 +557,8 @@ def main(argv=None):
             p.error("--predict needs a trained checkpoint")
         predict(args.ckpt, args.predict, device)
         return 0
+    if args.export:
+        return export_trunk(args.ckpt, args.export, args.preset)
     state = None if args.ckpt == "random" else load_checkpoint(args.ckpt)
     trunk, cfg, name = load_trunk(args.ckpt, args.preset, state)
     if args.data is None:
@@ -687,16 +571,20 @@ def main(argv=None):
     t0 = time.time()
     report = run_mode(args, state, trunk, cfg, train_base, test_base, device, out)
     classes = test_base.classes
-    report.update({"checkpoint": args.ckpt, "data": args.data, "split": args.split, "classes": classes,
+    report.update({"checkpoint": args.ckpt, "data": args.data, "split": args.split,
+                   "classes": classes,
                    "seconds": time.time() - t0, "labels_per_class": args.labels_per_class,
                    "train_images": len(train_base)})
     print_report(report, classes, f"{args.mode} evaluation of {name} on {args.data} {args.split}")
-    stem = os.path.join(out, f"eval_{args.mode}_{args.data}" + ("_val" if args.split == "val" else "")
+    stem = os.path.join(out,
+                        f"eval_{args.mode}_{args.data}" + ("_val" if args.split == "val" else "")
                         + (f"_{args.labels_per_class}pc" if args.labels_per_class else ""))
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=2)
-    if "confusion" in report and save_confusion_png(report["confusion"], classes, stem + "_confusion.png",
-                                                    f"{args.mode} probe, {args.data}", report.get("history")):
+    if "confusion" in report and save_confusion_png(report["confusion"], classes,
+                                                    stem + "_confusion.png",
+                                                    f"{args.mode} probe, {args.data}",
+                                                    report.get("history")):
         print(f"wrote {stem}.json and {stem}_confusion.png")
     else:
         print(f"wrote {stem}.json")

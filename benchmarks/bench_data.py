@@ -1,12 +1,13 @@
-"""Input-pipeline throughput per CPU core: data.py's pretraining pipeline against the reference recipe.
+"""Input-pipeline throughput per CPU core: data.py's pretraining pipeline against the reference
+recipe.
 
-Both run in this one process on one thread (torch.set_num_threads(1)), on the same JPEG faces written to a
-temporary folder, and produce the same thing per sample: the 112 px origin and two augmented 224 px views,
-normalised floats, views blurred (the paper's recipe).
+Both run in this one process on one thread (torch.set_num_threads(1)), on the same JPEG faces
+written to a temporary folder, and produce the same thing per sample: the 112 px origin and two
+augmented 224 px views, normalised floats, views blurred (the paper's recipe).
 
   reference  PIL per image: RandomResizedCrop(224, scale 0.08-1), flip, ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8,
-             grayscale p 0.2, ToTensor, a separable 23-tap Gaussian blur (sigma U[0.1, 2]) per image, Normalize;
-             origin Resize(112), ToTensor, Normalize
+             grayscale p 0.2, ToTensor, a separable 23-tap Gaussian blur (sigma U[0.1, 2]) per
+             image, Normalize; origin Resize(112), ToTensor, Normalize
   data.py    torchvision.io decode, transforms.v2 on uint8 per image (PretrainView), collate, then blur and
              normalisation batched (pretrain_batch), here on the CPU and counted
   data.py, augment="device"  the loader only decodes and resizes; crop, flip, colour, blur and normalisation
@@ -50,9 +51,12 @@ class SeparableBlur:
 
 def reference_pipeline(size, origin_size):
     view = T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
-                      T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(p=0.2),
-                      T.ToTensor(), SeparableBlur(round(23 * size / 224) // 2 * 2 + 1), T.Normalize(data.MEAN, data.STD)])
-    origin = T.Compose([T.Resize((origin_size, origin_size)), T.ToTensor(), T.Normalize(data.MEAN, data.STD)])
+                      T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+                      T.RandomGrayscale(p=0.2),
+                      T.ToTensor(), SeparableBlur(round(23 * size / 224) // 2 * 2 + 1),
+                      T.Normalize(data.MEAN, data.STD)])
+    origin = T.Compose([T.Resize((origin_size, origin_size)), T.ToTensor(), T.Normalize(data.MEAN,
+                                                                                        data.STD)])
 
     def sample(path):
         img = Image.open(path).convert("RGB")
@@ -89,21 +93,26 @@ def time_ours(root, n, size, origin_size, batch, augment="loader"):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=512, help="samples timed per pipeline")
     p.add_argument("--size", type=int, default=224, help="GFL view size")
     p.add_argument("--origin-size", type=int, default=112, help="FFL origin size")
-    p.add_argument("--image-size", type=int, default=100, help="side of the JPEG faces read (RAF-DB aligned: 100)")
+    p.add_argument("--image-size", type=int, default=100,
+                   help="side of the JPEG faces read (RAF-DB aligned: 100)")
     p.add_argument("--files", type=int, default=128, help="distinct JPEG files, read in turn")
     p.add_argument("--batch", type=int, default=64, help="batch size of the batched step")
-    p.add_argument("--repeat", type=int, default=3, help="rounds, alternating the pipelines; the best round counts")
-    p.add_argument("--synthetic", type=int, default=1000, help="synthetic faces rendered at 112 px (0: skip)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="rounds, alternating the pipelines; the best round counts")
+    p.add_argument("--synthetic", type=int, default=1000,
+                   help="synthetic faces rendered at 112 px (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as root:
-        faces = data.get_dataset("synthetic", synthetic_size=args.image_size, synthetic_count=args.files)
+        faces = data.get_dataset("synthetic", synthetic_size=args.image_size,
+                                 synthetic_count=args.files)
         paths = []
         for i in range(args.files):
             paths.append(os.path.join(root, f"{i:05d}.jpg"))
@@ -112,25 +121,33 @@ def main():
         for _ in range(args.repeat):
             refs.append(time_reference(paths, args.n, args.size, args.origin_size))
             ours.append(time_ours(root, args.n, args.size, args.origin_size, args.batch))
-            batched.append(time_ours(root, args.n, args.size, args.origin_size, args.batch, augment="device"))
+            batched.append(time_ours(root, args.n, args.size, args.origin_size, args.batch,
+                                     augment="device"))
     ref = 1 / min(refs)
     dev = min(batched)
     best = min(ours)
     ours, item_ms, batch_ms = 1 / best[0], 1e3 * best[1], 1e3 * best[2]
 
-    print(f"pretraining samples (origin {args.origin_size} px + two {args.size} px views) from {args.image_size} px "
+    print(f"pretraining samples (origin {args.origin_size} px + two {args.size} px views) from "
+          f"{args.image_size} px "
           f"JPEGs, one thread, CPU time, best of {args.repeat} rounds of {args.n} samples:\n")
     print("| pipeline | samples/s per core | ms per sample |\n|---|---|---|")
     print(f"| reference (PIL per image) | {ref:.0f} | {1e3 / ref:.2f} |")
-    print(f"| data.py (uint8 v2 per image + batched blur/normalise) | {ours:.0f} | {1e3 / ours:.2f} "
+    print(f"| data.py (uint8 v2 per image + batched blur/normalise) | {ours:.0f} | "
+          f"{1e3 / ours:.2f} "
           f"({item_ms:.2f} per image + {batch_ms:.2f} batched) |")
-    print(f"| data.py, augment=\"device\" (decode + resize per image, the rest batched) | {1 / dev[0]:.0f} | "
+    print("| data.py, augment=\"device\" (decode + resize per image, the rest batched) | "
+          f"{1 / dev[0]:.0f} | "
           f"{1e3 * dev[0]:.2f} ({1e3 * dev[1]:.2f} per image + {1e3 * dev[2]:.2f} batched) |")
     worker = 1e3 / item_ms
-    print(f"| data.py, a loader worker's share (blur/normalise on the training device) | {worker:.0f} | {item_ms:.2f} |")
-    print(f"\nratio, everything on this CPU core:            {ours / ref:.2f}x the reference's samples/s")
-    print(f"ratio, per loader core when training on a GPU: {worker / ref:.2f}x (the batched step runs on the GPU)")
-    print(f"augment=device against data.py's default, everything on this core: {best[0] / dev[0]:.2f}x; "
+    print("| data.py, a loader worker's share (blur/normalise on the training device) | "
+          f"{worker:.0f} | {item_ms:.2f} |")
+    print(f"\nratio, everything on this CPU core:            {ours / ref:.2f}x the reference's "
+          "samples/s")
+    print(f"ratio, per loader core when training on a GPU: {worker / ref:.2f}x (the batched step "
+          "runs on the GPU)")
+    print("augment=device against data.py's default, everything on this core: "
+          f"{best[0] / dev[0]:.2f}x; "
           f"per loader core: {best[1] / dev[1]:.2f}x")
     if args.synthetic:
         ds = data.get_dataset("synthetic", synthetic_count=args.synthetic)
@@ -140,7 +157,8 @@ def main():
             for i in range(len(ds)):
                 ds[i]
             rates.append(len(ds) / (time.process_time() - t0))
-        print(f"synthetic faces at 112 px: {max(rates):.0f} images/s on one core (best of {args.repeat})")
+        print(f"synthetic faces at 112 px: {max(rates):.0f} images/s on one core (best of "
+              f"{args.repeat})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Does a long run hold steady? Runs train.py in a child process and samples its re
     python benchmarks/bench_memory.py                 # 300 steps of the tiny preset on CPU, about 2-3 minutes
     python benchmarks/bench_memory.py --steps 600 --batch-size 8
 
-Prints RSS once warmed up (second quarter of the run) and its peak over the second half; a leak shows as growth.
+Prints RSS once warmed up (second quarter of the run) and its peak over the second half; a leak
+shows as growth.
 """
 import argparse
 import os
@@ -27,10 +28,13 @@ def rss_mb(pid):
 def rss_trace(steps=300, batch_size=4, interval=0.5):
     """Train `steps` steps of the tiny preset in a child process: -> list of (seconds, RSS MB), exit code."""
     with tempfile.TemporaryDirectory() as out:
-        args = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", "tiny", "--device", "cpu",
-                "--num-synthetic", str(steps * batch_size), "--batch-size", str(batch_size), "--epochs", "1",
+        args = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", "tiny", "--device",
+                "cpu",
+                "--num-synthetic", str(steps * batch_size), "--batch-size", str(batch_size),
+                "--epochs", "1",
                 "--knn-samples", "0", "--probe", "false", "--workers", "0", "--out", out]
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         trace, t0 = [], time.time()
         while proc.poll() is None:
             try:
@@ -42,10 +46,12 @@ def rss_trace(steps=300, batch_size=4, interval=0.5):
 
 
 def summary(trace):
-    """RSS once warmed up (the median over the second quarter of the run) and the peak over its second half, in MB.
+    """RSS once warmed up (the median over the second quarter of the run) and the peak over its
+    second half, in MB.
 
-    The first quarter is start-up: imports, data, the model and the first steps; a short run (120 steps take
-    ~12 s) can still be building the model at 20 % of its time, so a single sample there is not a baseline.
+    The first quarter is start-up: imports, data, the model and the first steps; a short run (120
+    steps take ~12 s) can still be building the model at 20 % of its time, so a single sample there
+    is not a baseline.
     """
     n = len(trace)
     quarter = sorted(r for _, r in trace[n // 4: max(n // 2, n // 4 + 1)])
@@ -61,5 +67,7 @@ if __name__ == "__main__":
     args = p.parse_args()
     trace, code = rss_trace(args.steps, args.batch_size)
     warm, late = summary(trace)
-    print(f"{args.steps} steps at batch {args.batch_size} (exit {code}, {trace[-1][0]:.0f} s): RSS once warmed up "
-          f"{warm:.0f} MB, peak over the second half {late:.0f} MB, growth {late - warm:+.0f} MB ({100 * (late / warm - 1):+.1f} %)")
+    print(f"{args.steps} steps at batch {args.batch_size} (exit {code}, {trace[-1][0]:.0f} s): RSS "
+          "once warmed up "
+          f"{warm:.0f} MB, peak over the second half {late:.0f} MB, growth {late - warm:+.0f} MB "
+          f"({100 * (late / warm - 1):+.1f} %)")

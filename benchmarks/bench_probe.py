@@ -1,15 +1,16 @@
 """
-Linear-probe throughput: the paper's protocol (augmented views through the frozen trunk every epoch) against
-cached features (the trunk runs once; eval.py's features="cached", not the paper's protocol).
+Linear-probe throughput: the paper's protocol (augmented views through the frozen trunk every epoch)
+against cached features (the trunk runs once; eval.py's features="cached", not the paper's
+protocol).
 
     python benchmarks/bench_probe.py                      # tiny preset, 1000 synthetic training faces (~1-2 min CPU)
     python benchmarks/bench_probe.py --preset paper --train-images 256 --test-images 128
 
-Each mode runs eval.linear_probe twice, for one epoch and for more (`--epochs`; 10x that for "cached", whose
-epochs are too quick to time otherwise), on a random trunk (the cost does not depend on the weights); the
-difference gives the cost of one more epoch, the rest is the fixed cost (test features, and for "cached"
-the training features). The table extrapolates both to the paper's
-100 epochs. Synthetic faces are drawn in memory, so file decoding is not part of the figure.
+Each mode runs eval.linear_probe twice, for one epoch and for more (`--epochs`; 10x that for
+"cached", whose epochs are too quick to time otherwise), on a random trunk (the cost does not depend
+on the weights); the difference gives the cost of one more epoch, the rest is the fixed cost (test
+features, and for "cached" the training features). The table extrapolates both to the paper's 100
+epochs. Synthetic faces are drawn in memory, so file decoding is not part of the figure.
 """
 import argparse
 import contextlib
@@ -30,13 +31,15 @@ from bench_step import machine  # noqa: E402
 def timed_probe(trunk, train, test, size, device, epochs, features, batch_size, workers):
     t = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # tqdm's bar: the table is the output
-        evaluate.linear_probe(trunk, train, test, size, device, epochs=epochs, batch_size=batch_size,
+        evaluate.linear_probe(trunk, train, test, size, device, epochs=epochs,
+                              batch_size=batch_size,
                               features=features, workers=workers)
     return time.perf_counter() - t
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Linear-probe throughput, augmented vs cached features (one table).",
+    p = argparse.ArgumentParser(description="Linear-probe throughput, augmented vs cached features "
+                                            "(one table).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
     p.add_argument("--train-images", type=int, default=1000)
@@ -55,22 +58,28 @@ def main(argv=None):
     test = data.get_dataset("synthetic", split="test", synthetic_count=args.test_images)
     rows = []
     for features in ("augmented", "cached"):
-        one = timed_probe(trunk, train, test, cfg.view_size, device, 1, features, args.batch_size, args.workers)
+        one = timed_probe(trunk, train, test, cfg.view_size, device, 1, features, args.batch_size,
+                          args.workers)
         epochs = args.epochs * (10 if features == "cached" else 1)
-        many = timed_probe(trunk, train, test, cfg.view_size, device, epochs, features, args.batch_size,
+        many = timed_probe(trunk, train, test, cfg.view_size, device, epochs, features,
+                           args.batch_size,
                            args.workers)
         per_epoch = max((many - one) / (epochs - 1), 1e-4)  # below that: timer noise
         fixed = max(one - per_epoch, 0.0)
-        rows.append((features, fixed, per_epoch, args.train_images / per_epoch, fixed + 100 * per_epoch))
+        rows.append((features, fixed, per_epoch, args.train_images / per_epoch,
+                     fixed + 100 * per_epoch))
         print(f"{features}: {one:.1f} s for 1 epoch, {many:.1f} s for {epochs}", flush=True)
     command = "python benchmarks/bench_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"\n{command}\n{machine()}; {cfg.backbone} at {cfg.view_size} px, {args.train_images} train / "
+    print(f"\n{command}\n{machine()}; {cfg.backbone} at {cfg.view_size} px, {args.train_images} "
+          "train / "
           f"{args.test_images} test synthetic faces, batch {args.batch_size}\n")
-    print("| features | fixed cost s | s per epoch | training images/s | 100 epochs, s | x faster (100 epochs) |")
+    print("| features | fixed cost s | s per epoch | training images/s | 100 epochs, s | x faster "
+          "(100 epochs) |")
     print("|---|---|---|---|---|---|")
     base = rows[0][4]
     for features, fixed, per_epoch, images_s, hundred in rows:
-        print(f"| {features} | {fixed:.1f} | {per_epoch:.3f} | {images_s:.0f} | {hundred:.0f} | {base / hundred:.1f} |")
+        print(f"| {features} | {fixed:.1f} | {per_epoch:.3f} | {images_s:.0f} | {hundred:.0f} | "
+              f"{base / hundred:.1f} |")
     return 0
 
 

@@ -6,23 +6,27 @@ What train.py's training step costs per configuration: seconds per step, images/
     python benchmarks/bench_step.py --device cuda --batch-size 256 --configs all   # the whole matrix on a GPU
     python benchmarks/bench_step.py --device cuda --batch-size 256 --memory-fraction 0.107 --configs bf16,bf16+ckpt
 
-The step timed is train.py's own: train.Trainer(...).step(batch, lr), where batch is what data.collate makes of
-data.PretrainView items (uint8 origin and views, a blur sigma per view; random here), so it includes the batched
-blur and normalisation on the device, forward, loss read-back, backward, SGD and the EMA update. Data loading is
-not in it (benchmarks/bench_data.py measures that side; gpu.sh runs train.py end to end).
+The step timed is train.py's own: train.Trainer(...).step(batch, lr), where batch is what
+data.collate makes of data.PretrainView items (uint8 origin and views, a blur sigma per view; random
+here), so it includes the batched blur and normalisation on the device, forward, loss read-back,
+backward, SGD and the EMA update. Data loading is not in it (benchmarks/bench_data.py measures that
+side; gpu.sh runs train.py end to end).
 
-A configuration is a precision, fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler), joined with '+' to any of
+A configuration is a precision, fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler), joined with
+'+' to any of
     channels_last  weights and images in channels-last memory format (train.py's default on CPU and CUDA)
     compile        torch.compile of the model
     ckpt           activation checkpointing (train.py --activation-checkpointing true)
-`--configs all` is every combination. Each configuration runs in a fresh Python process (this file, --child), so
-neither its time nor its peak memory sees another one's: --warmup untimed steps, then --steps timed ones. The table
-gives the median step time, images/s = batch / median, the peak memory (resident set, ru_maxrss, on CPU;
-torch.cuda.max_memory_allocated on GPU; GiB = 2^30 bytes), both as ratios to the first configuration measured in
-the same run ("x faster" > 1 is faster, "x memory" < 1 is leaner), and the machine's 1-minute load average
-(on a shared CPU, other jobs slow every step down: read a row measured under load with care).
---memory-fraction F caps this process's share of the GPU (torch.cuda.set_per_process_memory_fraction), to see what
-fits a smaller GPU; a configuration that does not fit reads "out of memory".
+`--configs all` is every combination. Each configuration runs in a fresh Python process (this file,
+--child), so neither its time nor its peak memory sees another one's: --warmup untimed steps, then
+--steps timed ones. The table gives the median step time, images/s = batch / median, the peak memory
+(resident set, ru_maxrss, on CPU; torch.cuda.max_memory_allocated on GPU; GiB = 2^30 bytes), both as
+ratios to the first configuration measured in the same run ("x faster" > 1 is faster, "x memory" < 1
+is leaner), and the machine's 1-minute load average (on a shared CPU, other jobs slow every step
+down: read a row measured under load with care).
+--memory-fraction F caps this process's share of the GPU
+(torch.cuda.set_per_process_memory_fraction), to see what fits a smaller GPU; a configuration that
+does not fit reads "out of memory".
 """
 import argparse
 import datetime
@@ -59,7 +63,8 @@ def parse_config(name):
     """'bf16+channels_last+ckpt' -> ('bf16', {'channels_last', 'ckpt'}); a bad name is an error."""
     precision, *options = name.split("+")
     if precision not in PRECISIONS or not set(options) <= set(OPTIONS):
-        raise SystemExit(f"bad configuration {name!r}: a precision ({', '.join(PRECISIONS)}) then any of "
+        raise SystemExit(f"bad configuration {name!r}: a precision ({', '.join(PRECISIONS)}) then "
+                         "any of "
                          f"+{', +'.join(OPTIONS)}")
     return precision, set(options)
 
@@ -69,7 +74,8 @@ def random_batch(cfg, batch, seed=0):
     g = torch.Generator().manual_seed(seed)
     origin, view1, view2 = (torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g)
                             for s in (cfg.origin_size, cfg.view_size, cfg.view_size))
-    sigma = torch.empty(batch, 2).uniform_(0.1, 2.0, generator=g) * cfg.view_size / 224  # as PretrainView draws it
+    # as PretrainView draws it
+    sigma = torch.empty(batch, 2).uniform_(0.1, 2.0, generator=g) * cfg.view_size / 224
     return origin, view1, view2, sigma
 
 
@@ -79,7 +85,8 @@ def peak_memory_gib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-# ----------------------------------------------------------------------------- one configuration (fresh process)
+# ----------------------------------------------------------------------------- one configuration
+# (fresh process)
 
 
 def measure(spec):
@@ -93,7 +100,8 @@ def measure(spec):
     cfg = SimFLEConfig.preset(spec["preset"])
     lr = 0.05 * spec["batch"] / 256
     trainer = train.Trainer(cfg, setup, lr, 1e-4, compile="compile" in options,
-                            activation_checkpointing="ckpt" in options, channels_last="channels_last" in options)
+                            activation_checkpointing="ckpt" in options,
+                            channels_last="channels_last" in options)
     trainer.model.train()
     batch = random_batch(cfg, spec["batch"])
     times = []
@@ -101,10 +109,12 @@ def measure(spec):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        trainer.step(batch, lr)  # reads the loss parts back with .item(), so the device has finished the step
+        # reads the loss parts back with .item(), so the device has finished the step
+        trainer.step(batch, lr)
         times.append(time.perf_counter() - t)
     timed = times[spec["warmup"]:]
-    return {**spec, "step_s": statistics.median(timed), "step_times": timed, "first_step_s": times[0],
+    return {**spec, "step_s": statistics.median(timed), "step_times": timed,
+            "first_step_s": times[0],
             "peak_gib": peak_memory_gib(device), "load": os.getloadavg()[0]}
 
 
@@ -123,13 +133,15 @@ def run_child(spec, timeout):
     return {**spec, "error": "out of memory" if oom else lines[-1][:200]}
 
 
-# ----------------------------------------------------------------------------- the table (parent process)
+# ----------------------------------------------------------------------------- the table (parent
+# process)
 
 
 def format_table(rows):
     """A markdown table, ratios against the first configuration that ran."""
     mem = "peak GPU alloc GiB" if rows and rows[0]["device"].startswith("cuda") else "peak RSS GiB"
-    head = ["configuration", "step s (median)", "images/s", "x faster", mem, "x memory", "1st step s", "load avg"]
+    head = ["configuration", "step s (median)", "images/s", "x faster", mem, "x memory",
+            "1st step s", "load avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = next((r for r in rows if "error" not in r), None)
     for r in rows:
@@ -137,8 +149,10 @@ def format_table(rows):
             lines.append(f"| {r['config']} | {r['error']} |" + " |" * (len(head) - 2))
             continue
         lines.append("| " + " | ".join([
-            r["config"], f"{r['step_s']:.3f}", f"{r['batch'] / r['step_s']:.1f}", f"{base['step_s'] / r['step_s']:.2f}",
-            f"{r['peak_gib']:.2f}", f"{r['peak_gib'] / base['peak_gib']:.2f}", f"{r['first_step_s']:.1f}",
+            r["config"], f"{r['step_s']:.3f}", f"{r['batch'] / r['step_s']:.1f}",
+            f"{base['step_s'] / r['step_s']:.2f}",
+            f"{r['peak_gib']:.2f}", f"{r['peak_gib'] / base['peak_gib']:.2f}",
+            f"{r['first_step_s']:.1f}",
             f"{r['load']:.2f}"]) + " |")
     return "\n".join(lines)
 
@@ -147,7 +161,8 @@ def machine():
     """Where the figures were measured."""
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        cpu = next((line.split(":",
+                               1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                    cpu)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return (f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
@@ -155,15 +170,19 @@ def machine():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Cost of train.py's training step per configuration (one table).",
+    p = argparse.ArgumentParser(description="Cost of train.py's training step per configuration "
+                                            "(one table).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "paper"], default="paper")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated, or 'all' (see the docstring)")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="comma-separated, or 'all' (see the docstring)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation, allocator, caches)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps first (compilation, allocator, caches)")
     p.add_argument("--steps", type=int, default=3, help="timed steps; the table gives their median")
-    p.add_argument("--memory-fraction", type=float, default=None, help="cap on this process's share of the GPU")
+    p.add_argument("--memory-fraction", type=float, default=None,
+                   help="cap on this process's share of the GPU")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     p.add_argument("--out", default=None, help="also write <out>/<name>.md and .json")
     p.add_argument("--name", default="step", help="file stem in --out")
@@ -179,12 +198,15 @@ def main(argv=None):
     print(f"{command}\n{machine()}\npreset {args.preset}, batch {args.batch_size}", flush=True)
     rows = []
     for config in configs:
-        spec = {"preset": args.preset, "batch": args.batch_size, "config": config, "device": args.device,
+        spec = {"preset": args.preset, "batch": args.batch_size, "config": config,
+                "device": args.device,
                 "warmup": args.warmup, "steps": args.steps, "memory_fraction": args.memory_fraction}
         rows.append(run_child(spec, args.timeout))
         r = rows[-1]
-        print(f"{config:36s} " + (r.get("error") or f"{r['step_s']:.3f} s/step  {r['batch'] / r['step_s']:.1f} "
-                                  f"images/s  peak {r['peak_gib']:.2f} GiB  load {r['load']:.2f}"), flush=True)
+        print(f"{config:36s} " + (r.get("error") or f"{r['step_s']:.3f} s/step  "
+                                                    f"{r['batch'] / r['step_s']:.1f} "
+                                  f"images/s  peak {r['peak_gib']:.2f} GiB  load {r['load']:.2f}"),
+              flush=True)
     table = format_table(rows)
     print("\n" + table)
     if args.out:

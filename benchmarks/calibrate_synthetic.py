@@ -1,8 +1,10 @@
 """How hard is the synthetic dataset? Two reference points on its 7 expressions (chance = 14.3 %).
 
-  1. a frozen, randomly initialised ResNet-18 + a linear probe (logistic regression on pooled features):
+  1. a frozen, randomly initialised ResNet-18 + a linear probe (logistic regression on pooled
+  features):
      what pixels alone give without learning a representation; should stay far below (2).
-  2. a ResNet-18 trained from scratch, supervised, for a few minutes on CPU at 64 px: what learning gives.
+  2. a ResNet-18 trained from scratch, supervised, for a few minutes on CPU at 64 px: what learning
+  gives.
 
     python benchmarks/calibrate_synthetic.py                 # both, about 15-30 minutes on 2 CPU cores
     python benchmarks/calibrate_synthetic.py --epochs 0      # the random-trunk probes only
@@ -22,19 +24,23 @@ import data  # noqa: E402
 
 
 def render(split, count, seed, look="aligned"):
-    ds = data.get_dataset("synthetic", split=split, seed=seed, synthetic_count=count, synthetic_look=look)
+    ds = data.get_dataset("synthetic", split=split, seed=seed, synthetic_count=count,
+                          synthetic_look=look)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     return images, torch.tensor(ds.labels)
 
 
 def resize(images, size):
-    return images if images.shape[-1] == size else F.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                                                 antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return images if images.shape[-1] == size else F.interpolate(images.float(), size=(size, size),
+                                                                 mode="bilinear",
+                                                                 antialias=True).round().clamp(0,
+                                                                                               255).to(torch.uint8)
 
 
 @torch.no_grad()
 def features(trunk, images, batch=250):
-    return torch.cat([trunk(data.normalize(images[i:i + batch])) for i in range(0, len(images), batch)])
+    return torch.cat([trunk(data.normalize(images[i:i + batch])) for i in range(0, len(images),
+                                                                                batch)])
 
 
 def linear_probe(xtr, ytr, xte, yte, steps=300, wd=1e-4):
@@ -42,7 +48,8 @@ def linear_probe(xtr, ytr, xte, yte, steps=300, wd=1e-4):
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     head = nn.Linear(xtr.shape[1], 7)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -55,8 +62,9 @@ def linear_probe(xtr, ytr, xte, yte, steps=300, wd=1e-4):
 
 
 def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, device="cpu"):
-    """Train `model` (default: a fresh torchvision ResNet-18) on the labels, in place: AdamW, one-cycle lr,
-    flip + small shift. uint8 images on the CPU; batches go to `device`. Returns the last test accuracy."""
+    """Train `model` (default: a fresh torchvision ResNet-18) on the labels, in place: AdamW,
+    one-cycle lr, flip + small shift. uint8 images on the CPU; batches go to `device`. Returns the
+    last test accuracy."""
     torch.manual_seed(seed)
     model = (model if model is not None else torchvision.models.resnet18(num_classes=7)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
@@ -84,19 +92,23 @@ def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, 
         with torch.no_grad():
             acc = (torch.cat([model(data.normalize(xte[i:i + 250].to(device))).argmax(1).cpu()
                               for i in range(0, len(xte), 250)]) == yte)
-        print(f"  epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy {acc.float().mean().item():.3f} "
+        print(f"  epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy "
+              f"{acc.float().mean().item():.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
     return acc.float().mean().item()
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=int, default=4000, help="synthetic training images")
     p.add_argument("--test", type=int, default=1000, help="synthetic test images")
     p.add_argument("--epochs", type=int, default=8, help="supervised epochs at 64 px (0: skip)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="test", choices=["val", "test"], help="the synthetic split scored")
-    p.add_argument("--look", default="aligned", choices=list(data.LOOKS), help="the synthetic faces' look")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="the synthetic split scored")
+    p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
+                   help="the synthetic faces' look")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,11 +126,13 @@ def main():
         tr, te = features(trunk, resize(xtr, size)), features(trunk, resize(xte, size))
         train_acc, test_acc = linear_probe(tr, ytr, te, yte)
         results[f"random ResNet-18 + linear probe, {size} px"] = test_acc
-        print(f"random-trunk probe at {size} px: train {train_acc:.3f}, test {test_acc:.3f} ({time.time() - t0:.0f} s)")
+        print(f"random-trunk probe at {size} px: train {train_acc:.3f}, test {test_acc:.3f} "
+              f"({time.time() - t0:.0f} s)")
     if args.epochs:
         t0 = time.time()
         print(f"supervised ResNet-18 from scratch at 64 px, {args.epochs} epochs:")
-        results["supervised ResNet-18, 64 px"] = supervised(resize(xtr, 64), ytr, resize(xte, 64), yte, args.epochs, args.seed)
+        results["supervised ResNet-18, 64 px"] = supervised(resize(xtr, 64), ytr, resize(xte, 64),
+                                                            yte, args.epochs, args.seed)
         print(f"  ({time.time() - t0:.0f} s)")
     print(f"\n| model | {args.split} accuracy ({args.look} faces) |\n|---|---|")
     for k, v in results.items():

@@ -4,13 +4,14 @@ Does semantic masking help? Train and evaluate five trunks under one budget, for
     python benchmarks/compare.py                                   # synthetic faces, tiny preset, CPU
     python benchmarks/compare.py --data rafdb --preset paper --epochs 100 --device cuda   # paper scale
 
-Arms: a random trunk (no training), as initialised and with its BatchNorm statistics recomputed on the
-training faces (eval.recompute_batchnorm: what statistics alone do); the GFL method alone (BYOL, use_facemae=false); SimFLE with
-random masking; SimFLE with semantic masking; a supervised trunk trained on the labels with the same
-number of images seen (the upper bound). Each trunk gets the same evaluation: linear probe
-(cached features, accuracy and mean class accuracy) and, where the data has landmarks, the landmark
-probe (NME), and for the FaceMAE arms the landmark hit rate of semantic masking (eval.landmark_hit_rate) after
-training and for the same model at its initialisation. Nothing is tuned on the test split. Writes <out>/compare.json, <out>/compare.md and
+Arms: a random trunk (no training), as initialised and with its BatchNorm statistics recomputed on
+the training faces (eval.recompute_batchnorm: what statistics alone do); the GFL method alone (BYOL,
+use_facemae=false); SimFLE with random masking; SimFLE with semantic masking; a supervised trunk
+trained on the labels with the same number of images seen (the upper bound). Each trunk gets the
+same evaluation: linear probe (cached features, accuracy and mean class accuracy) and, where the
+data has landmarks, the landmark probe (NME), and for the FaceMAE arms the landmark hit rate of
+semantic masking (eval.landmark_hit_rate) after training and for the same model at its
+initialisation. Nothing is tuned on the test split. Writes <out>/compare.json, <out>/compare.md and
 <out>/group_maps.png (group attention maps of the semantic-masking model after training).
 """
 import argparse
@@ -29,9 +30,10 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 import calibrate_synthetic as calibrate  # noqa: E402  (this folder)
-from simfle import SimFLE  # noqa: E402
+from simfle import SimFLE, SimFLEConfig  # noqa: E402
 
-ARMS = {  # name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
+# name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
+ARMS = {
     "random trunk": ("random", None),
     "random trunk, BN statistics of the faces": ("random-bn", "random-bn"),
     "BYOL alone": ("byol", ["--use-facemae", "false"]),
@@ -42,18 +44,21 @@ ARMS = {  # name -> (run folder, train.py options); None: no pretraining; "super
 
 
 def supervised_trunk(args, seed, device):
-    """A trunk trained on the labels with the pretraining budget (same images seen, same view size), by the
-    recipe of calibrate_synthetic.py: AdamW 2e-3, one-cycle lr, flip + small shift. (SGD with the probe's
-    RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of 4,000 faces.)"""
-    cfg = train.SimFLEConfig.preset(args.preset)
+    """A trunk trained on the labels with the pretraining budget (same images seen, same view size),
+    by the recipe of calibrate_synthetic.py: AdamW 2e-3, one-cycle lr, flip + small shift. (SGD with
+    the probe's RandomResizedCrop stayed at chance within this budget: 14.3 % after 2 epochs of
+    4,000 faces.)"""
+    cfg = SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
     trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
     train_base, test_base = datasets(args, seed)
     (xtr, ytr), (xte, yte) = (labelled_images(b, cfg.view_size) for b in (train_base, test_base))
     model = nn.Sequential(trunk, nn.Linear(trunk.dim, len(test_base.classes)))
-    accuracy = calibrate.supervised(xtr, ytr, xte, yte, args.epochs, seed, batch=args.batch_size, model=model,
+    accuracy = calibrate.supervised(xtr, ytr, xte, yte, args.epochs, seed, batch=args.batch_size,
+                                    model=model,
                                     device=device)
-    print(f"supervised trunk, seed {seed}: its own classifier {100 * accuracy:.1f} % on test", flush=True)
+    print(f"supervised trunk, seed {seed}: its own classifier {100 * accuracy:.1f} % on test",
+          flush=True)
     return trunk.cpu().eval(), cfg
 
 
@@ -71,27 +76,33 @@ def labelled_images(base, size):
 
 
 def datasets(args, seed):
-    """The training split (as pretrained on) and the test split; synthetic faces are drawn once into memory
-    (data.SyntheticFaces.render keeps them for every arm of the seed)."""
-    return [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look, render=True,
+    """The training split (as pretrained on) and the test split; synthetic faces are drawn once into
+    memory (data.SyntheticFaces.render keeps them for every arm of the seed)."""
+    return [data.get_dataset(args.data, args.root, split, seed=seed, synthetic_look=args.look,
+                             render=True,
                              synthetic_count=args.num_synthetic if split == "train" else None)
             for split in ("train", "test")]
 
 
 def evaluate_trunk(trunk, cfg, args, seed, device):
     train_base, test_base = datasets(args, seed)
-    report, _ = evaluate.linear_probe(trunk, train_base, test_base, cfg.view_size, device, epochs=args.probe_epochs,
-                                      batch_size=256, features="cached", workers=args.workers, seed=seed)
-    result = {"accuracy": report["last_epoch_accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
+    report, _ = evaluate.linear_probe(trunk, train_base, test_base, cfg.view_size, device,
+                                      epochs=args.probe_epochs,
+                                      batch_size=256, features="cached", workers=args.workers,
+                                      seed=seed)
+    result = {"accuracy": report["last_epoch_accuracy"],
+              "mean_class_accuracy": report["mean_class_accuracy"]}
     if train_base.num_landmarks:
-        result["nme"] = evaluate.landmark_probe(trunk, train_base, test_base, cfg.origin_size, device,
+        result["nme"] = evaluate.landmark_probe(trunk, train_base, test_base, cfg.origin_size,
+                                                device,
                                                 workers=args.workers, seed=seed)["nme"]
     return result
 
 
 def hit_rates(ckpt_path, args, seed, device):
-    """Landmark hit rate of semantic masking on the test faces: the trained model, and the same model at the
-    initialisation it started from (train.py seeds torch with --seed right before building it)."""
+    """Landmark hit rate of semantic masking on the test faces: the trained model, and the same
+    model at the initialisation it started from (train.py seeds torch with --seed right before
+    building it)."""
     model, _ = evaluate.load_model(ckpt_path)
     test_base = datasets(args, seed)[1]
     if not test_base.num_landmarks:
@@ -112,7 +123,8 @@ def group_map_figure(ckpt_path, args, path):
     model.eval()
     cfg = state["config_obj"]
     test_base = datasets(args, 0)[1]
-    batch, _ = data.collate([data.ProbeView(test_base, cfg.origin_size, train=False)[i] for i in range(4)])
+    batch, _ = data.collate([data.ProbeView(test_base, cfg.origin_size,
+                                            train=False)[i] for i in range(4)])
     images, _, _ = data.probe_batch(batch, torch.device("cpu"))
     maps = model.inspect(images)["maps"]  # (B,G,h,w)
     groups = maps.flatten(2).var(2).mean(0).argsort(descending=True)[:6]  # the 6 most varied groups
@@ -121,17 +133,43 @@ def group_map_figure(ckpt_path, args, path):
         img = batch[0][r].permute(1, 2, 0).numpy()
         axes[r, 0].imshow(img)
         for c, g in enumerate(groups.tolist()):
-            up = torch.nn.functional.interpolate(maps[r:r + 1, g:g + 1], size=img.shape[:2], mode="bilinear")[0, 0]
+            up = torch.nn.functional.interpolate(maps[r:r + 1, g:g + 1], size=img.shape[:2],
+                                                 mode="bilinear")[0, 0]
             axes[r, c + 1].imshow(img)
             axes[r, c + 1].imshow(up.numpy(), cmap="jet", alpha=0.5)
             if r == 0:
                 axes[r, c + 1].set_title(f"group {g}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("group attention maps after pretraining (SimFLE, semantic masking, seed 0)", fontsize=9)
+    fig.suptitle("group attention maps after pretraining (SimFLE, semantic masking, seed 0)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def fmt(values, scale=100):
+    if not values:
+        return "–"
+    m = statistics.mean(values) * scale
+    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}"
+
+
+def write_table(results, args):
+    """compare.md: mean ± std over the seeds of each arm; printed too."""
+    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) | landmark "
+             "hit rate, trained (%) | landmark hit rate, untrained (%) |", "|---|---|---|---|---|---|"]
+    for arm, rs in results.items():
+        lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | "
+                     f"{fmt([r['mean_class_accuracy'] for r in rs])} | "
+                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} | "
+                     f"{fmt([r['hit_rate'] for r in rs if 'hit_rate' in r])} | "
+                     f"{fmt([r['hit_rate_untrained'] for r in rs if 'hit_rate' in r])} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
 
 
 def main():
@@ -139,10 +177,14 @@ def main():
     p.add_argument("--data", default="synthetic")
     p.add_argument("--root", default=None)
     p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
-    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (the budget; default: train.py's)")
-    p.add_argument("--num-synthetic", type=int, default=4000, help="synthetic training images (4000: train.py's default)")
-    p.add_argument("--look", default="aligned", choices=list(data.LOOKS), help="synthetic faces' look")
-    p.add_argument("--train-options", default="", help="more train.py options for every pretrained arm, e.g. '--lr 0.1'")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="pretraining epochs (the budget; default: train.py's)")
+    p.add_argument("--num-synthetic", type=int, default=4000,
+                   help="synthetic training images (4000: train.py's default)")
+    p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
+                   help="synthetic faces' look")
+    p.add_argument("--train-options", default="",
+                   help="more train.py options for every pretrained arm, e.g. '--lr 0.1'")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="pretraining lr (default: train.py's)")
     p.add_argument("--probe-epochs", type=int, default=30)
@@ -161,24 +203,29 @@ def main():
             slug, options = ARMS[arm]
             if options in (None, "random-bn"):
                 torch.manual_seed(seed)
-                cfg = train.SimFLEConfig.preset(args.preset)
+                cfg = SimFLEConfig.preset(args.preset)
                 trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
-                if options == "random-bn":  # the same random weights, BatchNorm statistics of the training faces
-                    trunk = evaluate.recompute_batchnorm(trunk, datasets(args, seed)[0], cfg.view_size, device).cpu()
+                # the same random weights, BatchNorm statistics of the training faces
+                if options == "random-bn":
+                    trunk = evaluate.recompute_batchnorm(trunk, datasets(args, seed)[0],
+                                                         cfg.view_size, device).cpu()
             elif options == "supervised":
                 trunk, cfg = supervised_trunk(args, seed, device)
             else:
                 out = os.path.join(args.out, f"{slug}-seed{seed}")
-                argv = ["--data", args.data, "--preset", args.preset, "--batch-size", str(args.batch_size),
+                argv = ["--data", args.data, "--preset", args.preset, "--batch-size",
+                        str(args.batch_size),
                         "--seed", str(seed), "--out", out, "--probe", "false", "--look", args.look,
-                        "--knn-samples", "0", "--device", str(device), "--workers", str(args.workers),
+                        "--knn-samples", "0", "--device", str(device), "--workers",
+                        str(args.workers),
                         "--num-synthetic", str(args.num_synthetic), "--epochs", str(args.epochs),
                         *shlex.split(args.train_options), *options]
                 if args.root:
                     argv += ["--root", args.root]
                 if args.lr:
                     argv += ["--lr", str(args.lr)]
-                if os.path.exists(os.path.join(out, "last.pt")):  # a finished arm is reused, an unfinished one resumed
+                # a finished arm is reused, an unfinished one resumed
+                if os.path.exists(os.path.join(out, "last.pt")):
                     argv = ["--resume", os.path.join(out, "last.pt"), "--device", str(device)]
                 code = train.main(argv)
                 if code:
@@ -190,24 +237,10 @@ def main():
             results[arm].append(r)
             print(f"[{time.time() - t0:.0f} s] seed {seed}, {arm}: {r}", flush=True)
             with open(os.path.join(args.out, "compare.json"), "w") as f:
-                json.dump({"args": vars(args), "results": results, "seconds": time.time() - t0}, f, indent=2)
+                json.dump({"args": vars(args), "results": results, "seconds": time.time() - t0}, f,
+                          indent=2)
 
-    def fmt(values, scale=100):
-        if not values:
-            return "–"
-        m = statistics.mean(values) * scale
-        s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-        return f"{m:.1f} ± {s:.1f}"
-    lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) | landmark hit rate, "
-             "trained (%) | landmark hit rate, untrained (%) |", "|---|---|---|---|---|---|"]
-    for arm, rs in results.items():
-        lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | {fmt([r['mean_class_accuracy'] for r in rs])} | "
-                     f"{fmt([r['nme'] for r in rs if 'nme' in r])} | {fmt([r['hit_rate'] for r in rs if 'hit_rate' in r])} | "
-                     f"{fmt([r['hit_rate_untrained'] for r in rs if 'hit_rate' in r])} |")
-    table = "\n".join(lines)
-    with open(os.path.join(args.out, "compare.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    write_table(results, args)
     print(f"{len(args.seeds)} seeds, {time.time() - t0:.0f} s in all on {device}")
     semantic = os.path.join(args.out, f"semantic-masking-seed{args.seeds[0]}", "last.pt")
     if os.path.exists(semantic):

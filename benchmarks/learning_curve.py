@@ -7,21 +7,20 @@ Does pretraining learn, and from which budget? Val accuracy against images seen,
     python benchmarks/learning_curve.py --plot-only --out benchmarks/results/fer2013_curve.jsonl
     python benchmarks/learning_curve.py --data fer2013 --arms simclr --baselines --seeds 0 --images 400000 --split test
 
-Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own), stopped at the
-end of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr schedule is the whole run's), and
-its trunk probed there on val: a linear probe on cached pooled features of all training faces (30 epochs, batch
-256, its lr chosen among PROBE_LRS on 10 % of the training faces held out) and a k-NN (k = 20, cosine) on the same
-features. On faces with landmarks (synthetic) the landmark hit rate of the FaceMAE arms is
-measured at the same points, beside random masking and a fixed mask of the central patches. "supervised" trains
-the same trunk on the labels (cross-entropy, the probe's crop + flip, SGD, the same batch and images seen);
-"lightly-byol" is BYOL as the lightly library implements it (pip install lightly, for this benchmark only), on the
-same faces, trunk and budget: a cross-check of the GFL.
-Baselines (--baselines) are budget-free lines: the random trunk as initialised, with BatchNorm statistics of the
-training faces, and a linear classifier on pixels.
+Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own), stopped at the end
+of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr schedule is the whole run's), and its
+trunk probed there on val: a linear probe on cached pooled features of all training faces (30 epochs, batch 256, its
+lr chosen among PROBE_LRS on 10 % of the training faces held out) and a k-NN (k = 20, cosine) on the same features.
+On faces with landmarks (synthetic) the landmark hit rate of the FaceMAE arms is measured at the same points, beside
+random masking and a fixed mask of the central patches. "supervised" trains the same trunk on the labels
+(cross-entropy, the probe's crop + flip, SGD, the same batch and images seen); "lightly-byol" is BYOL as the lightly
+library implements it (pip install lightly, for this benchmark only), on the same faces, trunk and budget: a
+cross-check of the GFL. Baselines (--baselines) are budget-free lines: the random trunk as initialised, with
+BatchNorm statistics of the training faces, and a linear classifier on pixels.
 
-Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in --out are
-not measured again, and a run continues from its last.pt in --runs (train.py --resume); if that checkpoint is gone
-the run starts again from its seed and reproduces the rows it had. --until EPOCH stops after that probe point without
+Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in --out are not
+measured again, and a run continues from its last.pt in --runs (train.py --resume); if that checkpoint is gone the
+run starts again from its seed and reproduces the rows it had. --until EPOCH stops after that probe point without
 shortening the schedule: a later run with a larger --until (or none) goes on along the same curve. After each point
 the picture (--out with .png) and a table (.md) are redrawn from every row in --out. --split test reads the test
 split once, at the end: each arm's checkpoint as it stands in --runs (nothing is trained) and the baselines, into
@@ -58,12 +57,10 @@ ARMS = {  # name -> the arm's own train.py options
     "simclr": "--gfl simclr --use-facemae false",
     "simclr+random": "--gfl simclr --masking random",
     "simclr+semantic": "--gfl simclr --masking semantic",
-    # the channel from FaceMAE into the ResNet opened (docs/departures.md): FaceMAE's feature is the teacher, a
-    # scale-free pull, alpha chosen on val at 2 epochs (benchmarks/README.md)
+    # the channel from FaceMAE opened (docs/departures.md; alpha chosen on val: benchmarks/README.md)
     "simclr+random+open": "--gfl simclr --masking random " + OPEN,
     "simclr+semantic+open": "--gfl simclr --masking semantic " + OPEN,
-    "supervised": None,  # trained on the labels by this script (supervised_arm)
-    "lightly-byol": None,  # the cross-check: lightly's BYOL, by this script (lightly_byol_arm)
+    "supervised": None, "lightly-byol": None,  # trained here: supervised_arm, lightly_byol_arm
 }
 BASELINES = ("random trunk", "random trunk, BN statistics", "pixels 32x32")
 
@@ -142,16 +139,34 @@ def probe_lr(tx, ty, classes, device, seed):
 
 def measure(trunk, size, args, seed, device):
     """Linear probe (cached features, lr chosen on a train hold-out) and k-NN of a frozen trunk, train -> held-out
-    split: -> {linear, knn, probe_lr}. Both read the same features, computed once."""
+    split: -> {linear, knn, probe_lr}, and linear_dedup / knn_dedup on the held-out faces without a near-exact copy
+    in train (data.near_duplicates; FER2013's standard split stays the headline). Both read the same features."""
     train_base, held_out = datasets(args, seed)
     trunk = trunk.to(device).eval()
     (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device) for b in (train_base, held_out))
     lr = probe_lr(tx, ty, held_out.classes, device, seed)
+    copies = duplicates(args, seed)
     linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device, epochs=30,
-                                    batch_size=256, lr=lr, seed=seed)
-    knn = (evaluate.knn_predict(tx, ty, vx, len(held_out.classes)) == vy).float().mean().item()
-    return {"linear": linear["last_epoch_accuracy"], "linear_mean_class": linear["mean_class_accuracy"], "knn": knn,
-            "probe_lr": lr}
+                                    batch_size=256, lr=lr, seed=seed, duplicates=copies)
+    knn_pred = evaluate.knn_predict(tx, ty, vx, len(held_out.classes))
+    knn = evaluate.classification_report(knn_pred, vy, held_out.classes, copies)
+    out = {"linear": linear["last_epoch_accuracy"], "linear_mean_class": linear["mean_class_accuracy"],
+           "knn": knn["accuracy"], "probe_lr": lr}
+    if "accuracy_deduplicated" in linear:
+        out.update(linear_dedup=linear["accuracy_deduplicated"], knn_dedup=knn["accuracy_deduplicated"],
+                   held_out_duplicates=linear["held_out_duplicates"])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _duplicates(name, root, split, seed):
+    found = data.near_duplicates(dataset(name, root, "train", seed), dataset(name, root, split, seed))
+    return None if found is None else found[0]
+
+
+def duplicates(args, seed):
+    """The held-out faces with a near-exact copy in train (bool per face), or None (none, or a --probe-cap run)."""
+    return None if args.probe_cap else _duplicates(args.data, args.root, args.split, seed)
 
 
 def hit_rates(model, args, seed, device):
@@ -440,18 +455,20 @@ def draw(path):
     stem = os.path.splitext(path)[0]
     split = "test" if any(r.get("split") == "test" for r in rows) else "val"
     lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
-             "hit rate / random / central (%) | FFL's share of the ResNet's gradient (%) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{split} without copies in train: linear / k-NN (%) | hit rate / random / central (%) | "
+             "FFL's share of the ResNet's gradient (%) |", "|---|---|---|---|---|---|---|---|---|"]
     for arm, points in arms.items():
         for images in sorted(points):
             rs = points[images]
-            lin, knn = (cell([100 * r[k] for r in rs if k in r]) for k in ("linear", "knn"))
+            lin, knn, lin_d, knn_d = (cell([100 * r[k] for r in rs if k in r])
+                                      for k in ("linear", "knn", "linear_dedup", "knn_dedup"))
+            dedup = f"{lin_d} / {knn_d}" if lin_d != "–" else "–"
             hit = ""
             if "hit_rate" in rs[0]:
                 hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
                                  for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
             share = cell([100 * r["ffl_grad_share"] for r in rs if "ffl_grad_share" in r])
-            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {hit} | "
+            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {dedup} | {hit} | "
                          f"{share if share != '–' else ''} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -13,18 +13,25 @@ test -> PrivateTest), and the output says how many did. Rows are written Trainin
 the order of the number in the file name. A re-packaging stored as JPEG is not the csv's exact pixels (JPEG is
 lossy): it is the same faces, labels and splits.
 
+It also reports the held-out faces that have a near-exact copy in Training (duplicates.json beside the csv).
+
 A missing folder, an unknown class folder or an image that is not 48x48 stops with one message (exit 2); an
 unreadable image is skipped, named and counted.
 """
 import argparse
 import io
+import json
 import os
 import re
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import data  # noqa: E402
 
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # emotion 0..6, fer2013.csv's order
 USAGES = ["Training", "PublicTest", "PrivateTest"]
@@ -139,6 +146,30 @@ def write_csv(path, faces, emotions, usages):
     os.replace(tmp, path)
 
 
+def report_duplicates(out, faces, emotions, usages):
+    """The held-out faces (PublicTest, PrivateTest) with a near-exact copy in Training (data.near_duplicates: cosine
+    of 16x16 grey pixels above data.DUPLICATE_COSINE), counted per split and written to <out>/duplicates.json as
+    indices within the split, in the order --data fer2013 reads it, with the nearest Training face of each."""
+    usages = np.array(usages)
+    split = {u: data.FaceDataset("fer2013", data.FER2013_CLASSES, torch.from_numpy(faces[usages == u]),
+                                 emotions[usages == u].tolist()) for u in USAGES}
+    report = {"threshold": data.DUPLICATE_COSINE, "pixels": "16x16 grey, cosine similarity"}
+    for usage, name in (("PublicTest", "val"), ("PrivateTest", "test")):
+        mask, nearest = data.near_duplicates(split["Training"], split[usage])
+        held = torch.nonzero(mask).flatten()
+        same = np.mean([split[usage].labels[i] == split["Training"].labels[nearest[i]] for i in held.tolist()]) \
+            if len(held) else float("nan")
+        report[name] = {"usage": usage, "faces": len(mask), "duplicates": len(held), "label_agrees": float(same),
+                        "indices": held.tolist(), "nearest_training": nearest[held].tolist()}
+        print(f"{usage} ({name}): {len(held)} of {len(mask)} faces ({100 * len(held) / max(len(mask), 1):.1f} %) have a "
+              f"near-exact copy in Training (cosine > {data.DUPLICATE_COSINE} on 16x16 grey pixels; the copy's label "
+              f"agrees for {100 * same:.0f} %)")
+    path = os.path.join(out, "duplicates.json")
+    with open(path, "w") as f:
+        json.dump(report, f)
+    print(f"wrote {path}; eval.py and learning_curve.py also report accuracy without these faces")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="FER2013 image folders (or this script's .npz) -> fer2013.csv")
     p.add_argument("--from", dest="source", required=True,
@@ -163,6 +194,7 @@ def main(argv=None):
     counts = {u: usages.count(u) for u in USAGES}
     print(f"wrote {csv_path}: {len(faces)} faces (" + ", ".join(f"{u} {n}" for u, n in counts.items())
           + "); --data fer2013 reads train = Training, val = PublicTest, test = PrivateTest")
+    report_duplicates(args.out, faces, emotions, usages)
     if args.npz:
         write_npz(args.npz, emotions, usages, files)
         print(f"wrote {args.npz} ({os.path.getsize(args.npz) / 2 ** 20:.1f} MiB)")

@@ -1,9 +1,10 @@
 """
 Choose the quick start's recipe on the synthetic faces' *val* split (never on test).
 
-Each configuration is a list of train.py options. It is pretrained with train.py as a user would run it
-(wall time measured), then its trunk and a random trunk of the same seed are probed the same way: a linear
-probe on cached pooled features of the training faces (30 epochs, batch 256), scored on 1,000 val faces.
+Each configuration is a list of train.py options. It is pretrained with train.py as a user would run
+it (wall time measured), then its trunk and a random trunk of the same seed are probed the same way:
+a linear probe on cached pooled features of the training faces (30 epochs, batch 256), scored on
+1,000 val faces.
 
     python benchmarks/sweep_synthetic.py --out benchmarks/results/sweep_synthetic.jsonl \\
         --config "paper-lr:" --config "lr0.2:--lr 0.2 --warmup-epochs 1" --seeds 0
@@ -26,16 +27,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
-from simfle import Backbone  # noqa: E402
+from simfle import Backbone, SimFLEConfig  # noqa: E402
 
 
 def probe_val(trunk, args_train, size, seed, device):
     """Linear probe (cached features) of a trunk: train faces -> val faces; -> accuracy."""
     look = args_train.get("look", "aligned")
-    train_base = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look, render=True,
+    train_base = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look,
+                                  render=True,
                                   synthetic_count=args_train.get("num_synthetic"))
-    val_base = data.get_dataset("synthetic", split="val", seed=seed, synthetic_look=look, render=True)
-    report, _ = evaluate.linear_probe(trunk, train_base, val_base, size, device, epochs=30, batch_size=256,
+    val_base = data.get_dataset("synthetic", split="val", seed=seed, synthetic_look=look,
+                                render=True)
+    report, _ = evaluate.linear_probe(trunk, train_base, val_base, size, device, epochs=30,
+                                      batch_size=256,
                                       features="cached", seed=seed)
     return report["last_epoch_accuracy"]
 
@@ -52,17 +56,21 @@ class Pixels(torch.nn.Module):
 
 
 def baselines(seed, device, look="aligned"):
-    """What no pretraining gives on val: a random trunk as initialised (its BatchNorm layers hold mean 0 and
-    variance 1, so in eval mode they do nothing), the same trunk with BatchNorm statistics of the training
-    faces (what any trained trunk has), and a linear classifier on the pixels."""
-    cfg = train.SimFLEConfig.preset("tiny")
+    """What no pretraining gives on val: a random trunk as initialised (its BatchNorm layers hold
+    mean 0 and variance 1, so in eval mode they do nothing), the same trunk with BatchNorm
+    statistics of the training faces (what any trained trunk has), and a linear classifier on the
+    pixels."""
+    cfg = SimFLEConfig.preset("tiny")
     options = {"look": look}
     torch.manual_seed(seed)
     trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
-    faces = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look, render=True)
+    faces = data.get_dataset("synthetic", split="train", seed=seed, synthetic_look=look,
+                             render=True)
     with_bn = evaluate.recompute_batchnorm(copy.deepcopy(trunk), faces, cfg.view_size, device)
     rows = {"random trunk, as initialised": probe_val(trunk, options, cfg.view_size, seed, device),
-            "random trunk, BatchNorm statistics of the training faces": probe_val(with_bn, options, cfg.view_size, seed, device)}
+            "random trunk, BatchNorm statistics of the training faces": probe_val(with_bn, options,
+                                                                                  cfg.view_size,
+                                                                                  seed, device)}
     for size in (16, 32):
         rows[f"pixels, {size}x{size}"] = probe_val(Pixels(size), options, size, seed, device)
     return rows
@@ -71,13 +79,15 @@ def baselines(seed, device, look="aligned"):
 def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None):
     """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is probed again)."""
     run_dir = os.path.join(out_dir, f"{name}-s{seed}")
-    argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false", "--knn-samples", "0"]
+    argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false",
+                                   "--knn-samples", "0", "--overwrite"]
     if seconds is None:
         t0 = time.time()
         code = train.main(argv)
         seconds = time.time() - t0
         if code != 0:
-            return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}"}
+            return {"name": name, "options": options, "seed": seed,
+                    "error": f"train.py exit {code}"}
     ckpt = os.path.join(run_dir, "last.pt")
     state = evaluate.load_checkpoint(ckpt)
     trunk, cfg, _ = evaluate.load_trunk(ckpt, state=state)
@@ -86,8 +96,10 @@ def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None)
         name, options = f"{name}, probed at {size} px", f"{options} (probe at {size} px)".strip()
     acc = probe_val(trunk, state["train"], size, seed, device)
     torch.manual_seed(seed)
-    random_acc = probe_val(Backbone(cfg.backbone, cfg.stem, cfg.width), state["train"], size, seed, device)
-    return {"name": name, "options": options, "seed": seed, "train_seconds": seconds, "steps": state["step"],
+    random_acc = probe_val(Backbone(cfg.backbone, cfg.stem, cfg.width), state["train"], size, seed,
+                           device)
+    return {"name": name, "options": options, "seed": seed, "train_seconds": seconds,
+            "steps": state["step"],
             "val_accuracy": acc, "random_val_accuracy": random_acc, "gain": acc - random_acc}
 
 
@@ -96,29 +108,34 @@ def table(rows):
     for r in rows:
         if "error" not in r:
             by_name.setdefault(r["name"], []).append(r)
-    lines = ["| configuration | options | seeds | steps | train.py wall (s) | val probe (%) | random trunk (%) | gain (points) |",
+    lines = ["| configuration | options | seeds | steps | train.py wall (s) | val probe (%) | "
+             "random trunk (%) | gain (points) |",
              "|---|---|---|---|---|---|---|---|"]
 
     def ms(values):
         values = [100 * v for v in values]
         return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
     for name, rs in by_name.items():
-        lines.append(f"| {name} | `{rs[0]['options'] or '(defaults)'}` | {','.join(str(r['seed']) for r in rs)} | "
+        lines.append(f"| {name} | `{rs[0]['options'] or '(defaults)'}` | "
+                     f"{','.join(str(r['seed']) for r in rs)} | "
                      f"{rs[0]['steps']} | {statistics.mean(r['train_seconds'] for r in rs):.0f} | "
-                     f"{ms([r['val_accuracy'] for r in rs])} | {ms([r['random_val_accuracy'] for r in rs])} | "
+                     f"{ms([r['val_accuracy'] for r in rs])} | "
+                     f"{ms([r['random_val_accuracy'] for r in rs])} | "
                      f"{ms([r['gain'] for r in rs])} |")
     return "\n".join(lines)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", default=[], help='"name:train.py options"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--out", default="benchmarks/results/sweep_synthetic.jsonl")
     p.add_argument("--runs", default="runs/sweep", help="folder for the runs' checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--table", action="store_true", help="only print the table of --out")
-    p.add_argument("--baselines", action="store_true", help="only print the untrained baselines on val")
+    p.add_argument("--baselines", action="store_true",
+                   help="only print the untrained baselines on val")
     p.add_argument("--probe-size", type=int, default=None,
                    help="probe the finished runs of --config again at this image size (no training)")
     args = p.parse_args()
@@ -135,7 +152,8 @@ def main():
             name, _, options = spec.partition(":")
             for seed in args.seeds:
                 if args.probe_size:
-                    if (f"{name}, probed at {args.probe_size} px", seed) in done or (name, seed) not in done:
+                    if (f"{name}, probed at {args.probe_size} px", seed) in done or (name,
+                                                                                     seed) not in done:
                         continue
                     row = run_one(name, options, seed, args.runs, device, args.probe_size,
                                   done[name, seed]["train_seconds"])

@@ -8,13 +8,15 @@ import torch
 import data
 from simfle import SimFLEConfig
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
 import bench_step  # noqa: E402
 
 
 def test_random_batch_is_what_collate_makes_of_pretrain_views():
     cfg = SimFLEConfig.preset("tiny")
-    views = data.PretrainView(data.get_dataset("synthetic", split="train", synthetic_count=3), cfg.view_size,
+    views = data.PretrainView(data.get_dataset("synthetic", split="train", synthetic_count=3),
+                              cfg.view_size,
                               cfg.origin_size)
     real, _ = data.collate([views[i] for i in range(3)])
     fake = bench_step.random_batch(cfg, 3)
@@ -33,7 +35,8 @@ def test_configurations_are_the_whole_matrix_and_typos_fail():
 
 
 def test_measure_runs_train_py_step():
-    spec = {"preset": "tiny", "batch": 2, "config": "fp32+ckpt", "device": "cpu", "warmup": 1, "steps": 2,
+    spec = {"preset": "tiny", "batch": 2, "config": "fp32+ckpt", "device": "cpu", "warmup": 1,
+            "steps": 2,
             "memory_fraction": None}
     torch.manual_seed(0)
     result = bench_step.measure(spec)

@@ -1,5 +1,6 @@
-"""data.py: every dataset layout on tiny generated fixtures, every bad-input path, the synthetic faces,
-and the augmentation pipeline (determinism, and that the batched blur / normalisation are the textbook ones)."""
+"""data.py: every dataset layout on tiny generated fixtures, every bad-input path, the synthetic
+faces, and the augmentation pipeline (determinism, and that the batched blur / normalisation are the
+textbook ones)."""
 import os
 import sys
 import warnings
@@ -15,8 +16,10 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import data  # noqa: E402
 
-# data.py silences torchvision 0.29's notice that its decoders will move to TorchCodec; pytest resets filters per test
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+# data.py silences torchvision 0.29's notice that its decoders will move to TorchCodec; pytest
+# resets filters per test
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding "
+                                        "capabilities:DeprecationWarning")
 
 
 # ----------------------------------------------------------------------------- fixture writers
@@ -37,11 +40,14 @@ def write_text(path, text):
 
 
 def fer_row(emotion, usage, seed):
-    return f"{emotion}," + " ".join(map(str, np.random.default_rng(seed).integers(0, 256, 48 * 48))) + f",{usage}\n"
+    return f"{emotion}," + " ".join(map(str, np.random.default_rng(seed).integers(0, 256,
+                                                                                  48 * 48))) + f",{usage}\n"
 
 
-FER_ROWS = [(0, "Training"), (3, "Training"), (6, "Training"), (2, "PublicTest"), (5, "PublicTest"), (1, "PrivateTest")]
-VOTES = {  # FERPlus votes per row: neutral happiness surprise sadness anger disgust fear contempt unknown NF
+FER_ROWS = [(0, "Training"), (3, "Training"), (6, "Training"), (2, "PublicTest"), (5, "PublicTest"),
+            (1, "PrivateTest")]
+# FERPlus votes per row: neutral happiness surprise sadness anger disgust fear contempt unknown NF
+VOTES = {
     0: "0,0,0,0,8,1,1,0,0,0",  # anger
     1: "1,7,0,0,0,0,0,2,0,0",  # happiness
     2: "0,0,0,0,0,0,0,0,6,4",  # majority unknown: dropped
@@ -59,7 +65,8 @@ def make_fer(root, rows=FER_ROWS):
 def make_ferplus(root):
     make_fer(root)
     write_text(os.path.join(root, "fer2013new.csv"),
-               "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\r\n" + "".join(
+               "Usage,Image "
+               "name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\r\n" + "".join(
                    f"{u},fer{k:07d}.png,{VOTES[k]}\r\n" for k, (_, u) in enumerate(FER_ROWS)))
 
 
@@ -77,12 +84,15 @@ def make_affectnet(root, train_labels=(0, 1, 7, 8, 9, 10, 6), val_labels=(3, 7, 
             rel = f"{k % 2 + 1}/{name[0]}{k}.png"
             write_image(os.path.join(root, "Manually_Annotated_Images", rel), size=(60, 50), seed=k)
             rows.append(f"{rel},10,5,30,40,{landmark_text(k)},{label},0.1,-0.2\n")
-        write_text(os.path.join(root, "Manually_Annotated_file_lists", name), AFFECT_HEADER + "".join(rows))
+        write_text(os.path.join(root, "Manually_Annotated_file_lists", name),
+                   AFFECT_HEADER + "".join(rows))
 
 
 def make_rafdb_basic(root, lines=None):
-    lines = lines or ["train_00001.jpg 5", "train_00002.jpg 1  ", "train_00003.jpg 7", "test_0001.jpg 4 ", "test_0002.jpg 2"]
-    write_text(os.path.join(root, "basic", "EmoLabel", "list_patition_label.txt"), "\r\n".join(lines) + "\r\n\r\n")
+    lines = lines or ["train_00001.jpg 5", "train_00002.jpg 1  ", "train_00003.jpg 7",
+                      "test_0001.jpg 4 ", "test_0002.jpg 2"]
+    write_text(os.path.join(root, "basic", "EmoLabel", "list_patition_label.txt"),
+               "\r\n".join(lines) + "\r\n\r\n")
     for k, line in enumerate(lines):
         stem = line.split()[0][:-4]
         write_image(os.path.join(root, "basic", "Image", "aligned", f"{stem}_aligned.jpg"), seed=k)
@@ -97,45 +107,55 @@ def make_class_folders(root, layout):
 
 
 def test_dataset_names():
-    assert list(data.DATASETS) == ["synthetic", "rafdb", "ferplus", "fer2013", "affectnet7", "affectnet8", "sfew",
+    assert list(data.DATASETS) == ["synthetic", "rafdb", "ferplus", "fer2013", "affectnet7",
+                                   "affectnet8", "sfew",
                                    "folder", "images"]
 
 
 def test_rafdb_basic_layout_with_crlf_and_trailing_spaces(tmp_path):
     make_rafdb_basic(tmp_path)
-    train, test = data.get_dataset("rafdb", tmp_path, "train"), data.get_dataset("rafdb", tmp_path, "test")
-    assert train.classes == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+    train, test = data.get_dataset("rafdb", tmp_path, "train"), data.get_dataset("rafdb", tmp_path,
+                                                                                 "test")
+    assert train.classes == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger",
+                             "Neutral"]
     assert (len(train), len(test)) == (3, 2)
     assert train.labels == [4, 0, 6] and test.labels == [3, 1]  # file labels 1..7 -> 0..6
     img, label, landmarks = train[0]
-    assert img.shape == (3, 24, 20) and img.dtype == torch.uint8 and label == 4 and landmarks is None
+    assert img.shape == (3, 24,
+                         20) and img.dtype == torch.uint8 and label == 4 and landmarks is None
     assert train.num_landmarks == 0 and train.eye_idx is None
 
 
 def test_rafdb_repackaged_layout(tmp_path):
-    make_class_folders(tmp_path, ["train/1/a.jpg", "train/1/b.jpg", "train/7/c.jpg", "test/4/d.jpg"])
-    train, test = data.get_dataset("rafdb", tmp_path, "train"), data.get_dataset("rafdb", tmp_path, "test")
+    make_class_folders(tmp_path, ["train/1/a.jpg", "train/1/b.jpg", "train/7/c.jpg",
+                                  "test/4/d.jpg"])
+    train, test = data.get_dataset("rafdb", tmp_path, "train"), data.get_dataset("rafdb", tmp_path,
+                                                                                 "test")
     assert train.labels == [0, 0, 6] and test.labels == [3]
     assert test.classes[3] == "Happiness"
 
 
 def test_fer2013(tmp_path):
     make_fer(tmp_path / "fer2013")  # torchvision's layout: root/fer2013/fer2013.csv
-    train, test = data.get_dataset("fer2013", tmp_path, "train"), data.get_dataset("fer2013", tmp_path, "test")
+    train, test = data.get_dataset("fer2013", tmp_path, "train"), data.get_dataset("fer2013",
+                                                                                   tmp_path, "test")
     assert train.classes == ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
     val = data.get_dataset("fer2013", tmp_path, "val")
     # the challenge's protocol: train = Training, val = PublicTest, test = PrivateTest
     assert train.labels == [0, 3, 6] and val.labels == [2, 5] and test.labels == [1]
     img, _, _ = train[1]
     assert img.shape == (3, 48, 48) and torch.equal(img[0], img[2])
-    pixels = np.array(fer_row(3, "Training", 1).split(",")[1].split(), dtype=np.uint8).reshape(48, 48)
+    pixels = np.array(fer_row(3, "Training", 1).split(",")[1].split(), dtype=np.uint8).reshape(48,
+                                                                                               48)
     assert torch.equal(img[0], torch.from_numpy(pixels))
 
 
 def test_ferplus_majority_vote(tmp_path):
     make_ferplus(tmp_path)
-    train, test = data.get_dataset("ferplus", tmp_path, "train"), data.get_dataset("ferplus", tmp_path, "test")
-    assert train.classes == ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust", "Fear", "Contempt"]
+    train, test = data.get_dataset("ferplus", tmp_path, "train"), data.get_dataset("ferplus",
+                                                                                   tmp_path, "test")
+    assert train.classes == ["Neutral", "Happiness", "Surprise", "Sadness", "Anger", "Disgust",
+                             "Fear", "Contempt"]
     assert train.labels == [4, 1]  # row 2 (majority unknown) dropped
     assert test.labels == [0]  # PublicTest only; row 4 (not a face) dropped; row 5 is PrivateTest
     fer = data.get_dataset("fer2013", tmp_path, "train")
@@ -147,29 +167,36 @@ def test_affectnet(tmp_path, classes):
     make_affectnet(tmp_path)
     train = data.get_dataset(f"affectnet{classes}", tmp_path, "train")
     test = data.get_dataset(f"affectnet{classes}", tmp_path, "test")
-    assert train.classes == ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"][:classes]
-    assert train.labels == ([0, 1, 6] if classes == 7 else [0, 1, 7, 6])  # 8-10 dropped, and 7 for 7 classes
+    assert train.classes == ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger",
+                             "Contempt"][:classes]
+    # 8-10 dropped, and 7 for 7 classes
+    assert train.labels == ([0, 1, 6] if classes == 7 else [0, 1, 7, 6])
     assert test.labels == ([3, 4] if classes == 7 else [3, 7, 4])
     assert (train.num_landmarks, train.eye_idx, len(train.landmark_names)) == (68, (36, 45), 68)
     img, _, landmarks = train[1]
     # the face box (x 10, y 5, 30 x 40) is cropped and the landmarks follow it
     pixels = np.array(Image.open(tmp_path / "Manually_Annotated_Images" / "2" / "t1.png"))
     assert torch.equal(img, torch.from_numpy(pixels[5:45, 10:40]).permute(2, 0, 1))
-    expected = torch.tensor([float(x) for x in landmark_text(1).split(";")]).view(68, 2) - torch.tensor([10.0, 5.0])
+    expected = torch.tensor([float(x) for x in landmark_text(1).split(";")]).view(68,
+                                                                                  2) - torch.tensor([10.0, 5.0])
     assert landmarks.shape == (68, 2) and torch.allclose(landmarks, expected)
 
 
 def test_sfew(tmp_path):
-    make_class_folders(tmp_path, ["Train/Angry/a.png", "Train/Surprise/b.png", "Train/Happy/c.png", "Val/Sad/d.png"])
-    train, test = data.get_dataset("sfew", tmp_path, "train"), data.get_dataset("sfew", tmp_path, "test")
+    make_class_folders(tmp_path, ["Train/Angry/a.png", "Train/Surprise/b.png", "Train/Happy/c.png",
+                                  "Val/Sad/d.png"])
+    train, test = data.get_dataset("sfew", tmp_path, "train"), data.get_dataset("sfew", tmp_path,
+                                                                                "test")
     assert train.classes == ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
     assert train.labels == [0, 3, 6] and test.labels == [5]
 
 
 @pytest.mark.parametrize("test_dir", ["test", "val"])
 def test_folder(tmp_path, test_dir):
-    make_class_folders(tmp_path, ["train/dog/a.jpg", "train/cat/b.JPG", "train/cat/c.png", f"{test_dir}/dog/d.jpg"])
-    train, test = data.get_dataset("folder", tmp_path, "train"), data.get_dataset("folder", tmp_path, "test")
+    make_class_folders(tmp_path, ["train/dog/a.jpg", "train/cat/b.JPG", "train/cat/c.png",
+                                  f"{test_dir}/dog/d.jpg"])
+    train, test = data.get_dataset("folder", tmp_path, "train"), data.get_dataset("folder",
+                                                                                  tmp_path, "test")
     assert train.classes == ["cat", "dog"] and train.labels == [0, 0, 1] and test.labels == [1]
 
 
@@ -192,8 +219,10 @@ def test_default_root_is_data_slash_name(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("rafdb", "basic/EmoLabel/list_patition_label.txt"), ("ferplus", "fer2013new.csv"), ("fer2013", "fer2013.csv"),
-    ("affectnet7", "Manually_Annotated_file_lists/training.csv"), ("affectnet8", "Manually_Annotated_Images"),
+    ("rafdb", "basic/EmoLabel/list_patition_label.txt"), ("ferplus", "fer2013new.csv"), ("fer2013",
+                                                                                         "fer2013.csv"),
+    ("affectnet7", "Manually_Annotated_file_lists/training.csv"), ("affectnet8",
+                                                                   "Manually_Annotated_Images"),
     ("sfew", "Train/<Class>/"), ("folder", "train/<class>/"), ("images", "*.jpg")])
 def test_missing_root_message(tmp_path, name, expected):
     root = tmp_path / "nowhere"
@@ -239,7 +268,8 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     make_affectnet(tmp_path / "c")
     with open(tmp_path / "c" / "Manually_Annotated_file_lists" / "training.csv", "a") as f:
         f.write("1/t0.png,10,5,30,40,1;2;3,2,0,0\n")  # line 9: 3 landmark numbers
-    with pytest.raises(data.DatasetError, match=r"training.csv, line 9: malformed row, facial_landmarks"):
+    with pytest.raises(data.DatasetError,
+                       match=r"training.csv, line 9: malformed row, facial_landmarks"):
         data.get_dataset("affectnet8", tmp_path / "c")
     with open(tmp_path / "c" / "Manually_Annotated_file_lists" / "validation.csv", "a") as f:
         f.write("1/v0.png,10,5\n")
@@ -271,7 +301,9 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     assert data.collate([None, None]) == (None, 2)
 
 
-@pytest.mark.parametrize("mode,suffix", [("L", "png"), ("RGBA", "png"), ("P", "png"), ("CMYK", "jpg"), ("I;16", "png"),
+@pytest.mark.parametrize("mode,suffix", [("L", "png"), ("RGBA", "png"), ("P", "png"), ("CMYK",
+                                                                                       "jpg"),
+                                         ("I;16", "png"),
                                          ("RGB", "bmp"), ("L", "tif")])
 def test_image_modes_become_rgb(tmp_path, mode, suffix):
     path = str(tmp_path / f"x.{suffix}")
@@ -285,7 +317,8 @@ def test_image_modes_become_rgb(tmp_path, mode, suffix):
     img = data.read_image(path)
     assert img.shape == (3, 12, 10) and img.dtype == torch.uint8
     tolerance = 0 if suffix != "jpg" else 2
-    assert (img.permute(1, 2, 0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= tolerance
+    assert (img.permute(1, 2,
+                        0).int() - torch.from_numpy(expected.copy()).int()).abs().max() <= tolerance
 
 
 # ----------------------------------------------------------------------------- synthetic faces
@@ -297,10 +330,12 @@ def test_synthetic_is_deterministic_and_varied():
     again = data.get_dataset("synthetic", synthetic_count=20)[3]
     assert torch.equal(img, again[0]) and label == again[1] and torch.equal(landmarks, again[2])
     assert not torch.equal(img, ds[4][0])
-    assert not torch.equal(img, data.get_dataset("synthetic", split="test")[3][0])  # disjoint streams
+    # disjoint streams
+    assert not torch.equal(img, data.get_dataset("synthetic", split="test")[3][0])
     assert not torch.equal(img, data.get_dataset("synthetic", seed=1)[3][0])
     assert not torch.equal(img, data.get_dataset("synthetic", split="val")[3][0])
-    assert not torch.equal(data.get_dataset("synthetic", split="val")[3][0], data.get_dataset("synthetic", split="test")[3][0])
+    assert not torch.equal(data.get_dataset("synthetic", split="val")[3][0],
+                           data.get_dataset("synthetic", split="test")[3][0])
     assert (len(data.get_dataset("synthetic")), len(data.get_dataset("synthetic", split="test")),
             len(data.get_dataset("synthetic", split="val"))) == (4000, 1000, 1000)
 
@@ -316,15 +351,17 @@ def test_rendered_faces_are_the_drawn_faces():
         rendered[5]
     again = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48, render=True)
     assert again.images is rendered.images  # drawn once per process, not once per dataset object
-    other = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48, render=True, split="val")
+    other = data.get_dataset("synthetic", synthetic_count=5, synthetic_size=48, render=True,
+                             split="val")
     assert not torch.equal(other.images, rendered.images)
 
 
 def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
-    """Aligned faces: eye centres within a few percent of their fixed place, as in aligned face crops; the
-    scene look lets head position, roll and scale vary far more."""
+    """Aligned faces: eye centres within a few percent of their fixed place, as in aligned face
+    crops; the scene look lets head position, roll and scale vary far more."""
     def eye_spread(look):
-        ds = data.get_dataset("synthetic", synthetic_count=60, synthetic_size=100, synthetic_look=look)
+        ds = data.get_dataset("synthetic", synthetic_count=60, synthetic_size=100,
+                              synthetic_look=look)
         eyes = torch.stack([ds[i][2][8:10] for i in range(60)]) / 100  # (n, 2 eyes, xy) in [0, 1]
         return eyes, eyes.std(0).max().item()
     eyes, spread = eye_spread("aligned")
@@ -361,8 +398,9 @@ def test_synthetic_classes_landmarks_and_size():
 
 
 def test_synthetic_expressions_differ_where_they_should():
-    """Surprise and neutral faces of the same identity would differ around the brows, eyes and mouth; averaged
-    over many faces, the surprised mouth is opened (more dark pixels below the nose)."""
+    """Surprise and neutral faces of the same identity would differ around the brows, eyes and
+    mouth; averaged over many faces, the surprised mouth is opened (more dark pixels below the
+    nose)."""
     ds = data.get_dataset("synthetic", synthetic_count=700)
     dark = {c: [] for c in (0, 6)}
     for i in range(700):
@@ -383,7 +421,8 @@ def test_pretrain_view_deterministic_per_seed_epoch_index():
     state = torch.get_rng_state()
     origin, v1, v2_, sigma = view[5]
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
-    assert origin.shape == (3, 112, 112) and v1.shape == v2_.shape == (3, 64, 64) and v1.dtype == torch.uint8
+    assert origin.shape == (3, 112, 112) and v1.shape == v2_.shape == (3, 64,
+                                                                       64) and v1.dtype == torch.uint8
     assert torch.equal(origin, base[5][0])  # origin: resize only (here 112 -> 112)
     assert sigma.shape == (2,) and ((sigma >= 0.1 * 64 / 224) & (sigma <= 2.0 * 64 / 224)).all()
     again = data.PretrainView(base, view_size=64, origin_size=112, seed=3)[5]
@@ -398,7 +437,8 @@ def test_pretrain_view_deterministic_per_seed_epoch_index():
 def test_views_do_not_depend_on_worker_count():
     base = data.get_dataset("synthetic", synthetic_count=6, synthetic_size=32)
     view = data.PretrainView(base, view_size=32, origin_size=16)
-    loaders = [torch.utils.data.DataLoader(view, batch_size=3, num_workers=w, collate_fn=data.collate) for w in (0, 2)]
+    loaders = [torch.utils.data.DataLoader(view, batch_size=3, num_workers=w,
+                                           collate_fn=data.collate) for w in (0, 2)]
     a, b = [[batch for batch, _ in loader] for loader in loaders]
     assert all(torch.equal(x, y) for ba, bb in zip(a, b) for x, y in zip(ba, bb))
 
@@ -408,7 +448,8 @@ def test_probe_view_landmarks(tmp_path):
     base = data.get_dataset("affectnet8", tmp_path)
     img, label, lm = data.ProbeView(base, size=32, train=False)[1]
     assert img.shape == (3, 32, 32) and label == 1
-    assert torch.allclose(lm, base[1][2] / torch.tensor([30.0, 40.0]))  # [0, 1] coordinates of the 30 x 40 crop
+    # [0, 1] coordinates of the 30 x 40 crop
+    assert torch.allclose(lm, base[1][2] / torch.tensor([30.0, 40.0]))
     img, _, lm = data.ProbeView(base, size=32, train=True)[1]
     assert img.shape == (3, 32, 32) and lm.shape == (68, 2)
     _, _, none = data.ProbeView(data.get_dataset("synthetic", synthetic_count=2), 32)[0]
@@ -441,7 +482,8 @@ def test_gaussian_blur_matches_torchvision():
         x = torch.rand(11, 3, size, size)  # 11: crosses the internal chunks of 8
         sigma = torch.rand(11) * 1.9 + 0.1
         k = round(23 * size / 224) // 2 * 2 + 1
-        expected = torch.stack([F.gaussian_blur(x[i], [k, k], [sigma[i].item()] * 2) for i in range(11)])
+        expected = torch.stack([F.gaussian_blur(x[i], [k, k],
+                                                [sigma[i].item()] * 2) for i in range(11)])
         assert torch.allclose(data.gaussian_blur(x, sigma), expected, atol=1e-5)
     assert round(23 * 224 / 224) // 2 * 2 + 1 == 23
 
@@ -457,63 +499,80 @@ def test_pretrain_and_probe_batch():
     batch, skipped = data.collate([data.PretrainView(base, 32, 24)[i] for i in range(4)] + [None])
     assert skipped == 1
     origin, v1, v2_ = data.pretrain_batch(batch, torch.device("cpu"))
-    assert origin.shape == (4, 3, 24, 24) and v1.shape == v2_.shape == (4, 3, 32, 32) and v1.dtype == torch.float32
+    assert origin.shape == (4, 3, 24, 24) and v1.shape == v2_.shape == (4, 3, 32,
+                                                                        32) and v1.dtype == torch.float32
     assert torch.allclose(v1, data.gaussian_blur(data.normalize(batch[1]), batch[3][:, 0]))
     assert torch.allclose(origin, data.normalize(batch[0]))
     batch, _ = data.collate([data.ProbeView(base, 16, train=False)[i] for i in range(4)])
     images, labels, landmarks = data.probe_batch(batch, "cpu")
-    assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.long and landmarks.shape == (4, 15, 2)
+    assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.long and landmarks.shape == (4,
+                                                                                                 15,
+                                                                                                 2)
     assert labels.tolist() == [0, 1, 2, 3]
 
 
-# ----------------------------------------------------------------------------- batched view augmentation
+# ----------------------------------------------------------------------------- batched view
+# augmentation
 
 
 def quantiles(x):
-    return torch.quantile(torch.as_tensor(x, dtype=torch.float64), torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9],
+    return torch.quantile(torch.as_tensor(x, dtype=torch.float64), torch.tensor([0.1, 0.25, 0.5,
+                                                                                 0.75, 0.9],
                                                                                 dtype=torch.float64))
 
 
 @pytest.mark.parametrize("H,W,scale", [(100, 100, 0.08), (60, 200, 0.08), (112, 90, 0.3)])
 def test_batched_crops_follow_random_resized_crop(H, W, scale):
-    """Areas and aspect ratios of crop_boxes match torchvision's per-image RandomResizedCrop.get_params."""
+    """Areas and aspect ratios of crop_boxes match torchvision's per-image
+    RandomResizedCrop.get_params."""
     n = 4000
     torch.manual_seed(0)
     top, left, h, w = data.crop_boxes(torch.tensor([[H, W]] * n), (scale, 1.0)).T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
     assert (h > 0).all() and (w > 0).all()
     img = torch.zeros(3, H, W)
-    ref = torch.tensor([v2.RandomResizedCrop.get_params(img, [scale, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]).T
-    for mine, theirs in ((h * w / (H * W), ref[2] * ref[3] / (H * W)), ((w / h).log(), (ref[3] / ref[2]).log()),
-                         ((top + h / 2) / H, (ref[0] + ref[2] / 2) / H), ((left + w / 2) / W, (ref[1] + ref[3] / 2) / W)):
+    ref = torch.tensor([v2.RandomResizedCrop.get_params(img, [scale, 1.0], [3 / 4,
+                                                                            4 / 3]) for _ in range(n)]).T
+    for mine, theirs in ((h * w / (H * W), ref[2] * ref[3] / (H * W)), ((w / h).log(),
+                                                                        (ref[3] / ref[2]).log()),
+                         ((top + h / 2) / H, (ref[0] + ref[2] / 2) / H), ((left + w / 2) / W,
+                                                                          (ref[1] + ref[3] / 2) / W)):
         torch.testing.assert_close(quantiles(mine), quantiles(theirs), atol=0.04, rtol=0)
 
 
 def test_batched_crop_falls_back_to_torchvision_centre_crop():
-    """No crop of area >= 0.5 with aspect ratio <= 4/3 fits a 20x200 image: both take the centre, 4/3 wide."""
+    """No crop of area >= 0.5 with aspect ratio <= 4/3 fits a 20x200 image: both take the centre,
+    4/3 wide."""
     torch.manual_seed(0)
     boxes = data.crop_boxes(torch.tensor([[20, 200], [200, 20], [20, 202]]), (0.5, 1.0))
-    img_wide, img_tall, odd = torch.zeros(3, 20, 200), torch.zeros(3, 200, 20), torch.zeros(3, 20, 202)
-    expected = [list(v2.RandomResizedCrop.get_params(i, [0.5, 1.0], [3 / 4, 4 / 3])) for i in (img_wide, img_tall, odd)]
+    img_wide, img_tall, odd = torch.zeros(3, 20, 200), torch.zeros(3, 200, 20), torch.zeros(3, 20,
+                                                                                            202)
+    expected = [list(v2.RandomResizedCrop.get_params(i, [0.5, 1.0], [3 / 4,
+                                                                     4 / 3])) for i in (img_wide,
+                                                                                        img_tall,
+                                                                                        odd)]
     assert boxes.tolist() == expected  # the last: (202 - 27) // 2 = 87, not round(87.5) = 88
 
 
-@pytest.mark.parametrize("op,theirs", [(0, F.adjust_brightness), (1, F.adjust_contrast), (2, F.adjust_saturation),
+@pytest.mark.parametrize("op,theirs", [(0, F.adjust_brightness), (1, F.adjust_contrast), (2,
+                                                                                          F.adjust_saturation),
                                        (3, F.adjust_hue)])
 def test_batched_colour_ops_are_torchvisions(op, theirs):
     torch.manual_seed(0)
     x = torch.rand(5, 3, 9, 7)
     x[0] = x[0, :1]  # a gray image: no hue, no saturation
     x[1, :, :2] = 0  # black pixels
-    f = torch.tensor([0.2, 0.7, 1.0, 1.5, 1.8]) if op < 3 else torch.tensor([-0.2, -0.05, 0.0, 0.11, 0.2])
+    f = torch.tensor([0.2, 0.7, 1.0, 1.5, 1.8]) if op < 3 else torch.tensor([-0.2, -0.05, 0.0, 0.11,
+                                                                             0.2])
     mine = data.COLOUR_OPS[op](x, f)
     for i in range(5):
         torch.testing.assert_close(mine[i], theirs(x[i], f[i].item()), atol=2e-6, rtol=0)
 
 
 def test_batched_view_params_match_the_per_image_transforms():
-    """Jitter factors and order against v2.ColorJitter(0.8, 0.8, 0.8, 0.2).make_params; the rates of jitter (0.8),
-    flip (0.5) and grayscale (0.2) within 4 standard deviations of the per-image transforms' probabilities."""
+    """Jitter factors and order against v2.ColorJitter(0.8, 0.8, 0.8, 0.2).make_params; the rates of
+    jitter (0.8), flip (0.5) and grayscale (0.2) within 4 standard deviations of the per-image
+    transforms' probabilities."""
     n = 20000
     torch.manual_seed(0)
     p = data.view_params(torch.tensor([[64, 64]] * n), 0.08)
@@ -521,8 +580,10 @@ def test_batched_view_params_match_the_per_image_transforms():
     ref = [jitter.make_params([torch.zeros(3, 2, 2)]) for _ in range(4000)]
     names = ["brightness_factor", "contrast_factor", "saturation_factor", "hue_factor"]
     for k, name in enumerate(names):
-        torch.testing.assert_close(quantiles(p["factors"][:, k]), quantiles([r[name] for r in ref]), atol=0.06, rtol=0)
-    for k in range(4):  # which adjustment comes k-th: each of the four a quarter of the time, as randperm
+        torch.testing.assert_close(quantiles(p["factors"][:, k]), quantiles([r[name] for r in ref]),
+                                   atol=0.06, rtol=0)
+    # which adjustment comes k-th: each of the four a quarter of the time, as randperm
+    for k in range(4):
         mine = torch.bincount(p["order"][:, k], minlength=4) / n
         theirs = torch.bincount(torch.stack([r["fn_idx"][k] for r in ref]), minlength=4) / len(ref)
         torch.testing.assert_close(mine, theirs, atol=0.03, rtol=0)
@@ -536,37 +597,50 @@ def test_render_views_crops_flips_and_colours_as_told():
     sizes = torch.tensor([[100, 100], [100, 100], [100, 50]])
     p = dict(box=torch.tensor([[0, 0, 100, 100], [0, 0, 100, 100], [50, 0, 50, 25]]),
              flip=torch.tensor([False, True, False]), jitter=torch.zeros(3, dtype=torch.bool),
-             factors=torch.ones(3, 4), order=torch.arange(4).repeat(3, 1), gray=torch.tensor([False, False, True]))
+             factors=torch.ones(3, 4), order=torch.arange(4).repeat(3, 1), gray=torch.tensor([False,
+                                                                                              False,
+                                                                                              True]))
     views = data.render_views(source, sizes, p, 32)
     x = source.float() / 255
-    torch.testing.assert_close(views[0], x[0], atol=1e-6, rtol=0)  # the whole image at its own size: unchanged
+    # the whole image at its own size: unchanged
+    torch.testing.assert_close(views[0], x[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(views[1], x[1].flip(-1), atol=1e-6, rtol=0)
-    # bottom-left quarter of the source (rows 16.., columns ..16), upsampled x2; gray: three equal channels
+    # bottom-left quarter of the source (rows 16.., columns ..16), upsampled x2; gray: three equal
+    # channels
     quarter = data._gray(x[2:3, :, 16:, :16])[0]
     torch.testing.assert_close(views[2][:, ::2, ::2].mean(), quarter.mean(), atol=0.02, rtol=0)
     assert torch.equal(views[2][0], views[2][1]) and torch.equal(views[2][1], views[2][2])
-    p.update(jitter=torch.ones(3, dtype=torch.bool), factors=torch.tensor([[0.5, 1, 1, 0]] * 3))  # brightness x0.5
-    torch.testing.assert_close(data.render_views(source, sizes, p, 32)[0], x[0] * 0.5, atol=1e-6, rtol=0)
+    # brightness x0.5
+    p.update(jitter=torch.ones(3, dtype=torch.bool), factors=torch.tensor([[0.5, 1, 1, 0]] * 3))
+    torch.testing.assert_close(data.render_views(source, sizes, p, 32)[0], x[0] * 0.5, atol=1e-6,
+                               rtol=0)
 
 
 def test_colour_before_the_crop_takes_contrast_from_the_crop():
-    """A source smaller than the view is coloured before its crop is cut (fewer pixels); contrast must then blend
-    with the crop's mean, not the whole image's. Left half black, right half white, crop the right half, contrast
-    0.5: cut first, the crop is white and stays white; the whole image's mean (0.5) would give 0.75. (The crop keeps
-    two columns from the edge: roi_align's bilinear samples at a crop's border reach half a pixel beyond it.)"""
+    """A source smaller than the view is coloured before its crop is cut (fewer pixels); contrast
+    must then blend with the crop's mean, not the whole image's. Left half black, right half white,
+    crop the right half, contrast
+    0.5: cut first, the crop is white and stays white; the whole image's mean (0.5) would give 0.75.
+    (The crop keeps two columns from the edge: roi_align's bilinear samples at a crop's border reach
+    half a pixel beyond it.)"""
     source = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
     source[..., 8:] = 255
-    p = dict(box=torch.tensor([[0, 10, 16, 6]]), flip=torch.tensor([False]), jitter=torch.tensor([True]),
-             factors=torch.tensor([[1.0, 0.5, 1.0, 0.0]]), order=torch.tensor([[1, 0, 2, 3]]), gray=torch.tensor([False]))
+    p = dict(box=torch.tensor([[0, 10, 16, 6]]), flip=torch.tensor([False]),
+             jitter=torch.tensor([True]),
+             factors=torch.tensor([[1.0, 0.5, 1.0, 0.0]]), order=torch.tensor([[1, 0, 2, 3]]),
+             gray=torch.tensor([False]))
     sizes = torch.tensor([[16, 16]])
-    first, after = data.render_views(source, sizes, p, 32), data.render_views(source, sizes, p, 6)  # 16 < 32: first
-    torch.testing.assert_close(first, torch.ones_like(first), atol=1e-4, rtol=0)  # white's luma is 0.9999
+    # 16 < 32: first
+    first, after = data.render_views(source, sizes, p, 32), data.render_views(source, sizes, p, 6)
+    # white's luma is 0.9999
+    torch.testing.assert_close(first, torch.ones_like(first), atol=1e-4, rtol=0)
     torch.testing.assert_close(after, torch.ones_like(after), atol=1e-4, rtol=0)
 
 
 def test_colour_before_or_after_the_crop_gives_the_same_views():
-    """render_views colours a source smaller than the view before its crop is enlarged, else after: on the same
-    faces and draws the two orders agree to within what the resampling changes (mean |difference| < 0.01)."""
+    """render_views colours a source smaller than the view before its crop is enlarged, else after:
+    on the same faces and draws the two orders agree to within what the resampling changes (mean
+    |difference| < 0.01)."""
     base = data.get_dataset("synthetic", split="train", synthetic_count=16, render=True)
     faces = torch.stack([base[i][0] for i in range(16)])  # 112 px
     sizes = torch.tensor([[112, 112]] * 16)
@@ -574,15 +648,18 @@ def test_colour_before_or_after_the_crop_gives_the_same_views():
     p = data.view_params(sizes, 0.08)
     first = data.render_views(faces, sizes, p, 224)
     after = data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, p, 224)
-    plain = dict(p, jitter=torch.zeros(16, dtype=torch.bool), gray=torch.zeros(16, dtype=torch.bool))
+    plain = dict(p, jitter=torch.zeros(16, dtype=torch.bool), gray=torch.zeros(16,
+                                                                               dtype=torch.bool))
     resampling = (data.render_views(faces, sizes, plain, 224)
-                  - data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, plain, 224)).abs().mean()
+                  - data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, plain,
+                                      224)).abs().mean()
     assert (first - after).abs().mean() < min(0.01, 2 * resampling)
 
 
 def torchvision_view(img, box, flip, jitter, factors, order, gray, size, sigma):
-    """One view made per image with torchvision's functional ops, in PretrainView.view's order for a crop smaller
-    than the view: cut the crop, colour it (jitter in the drawn order, then grayscale), enlarge, flip, blur."""
+    """One view made per image with torchvision's functional ops, in PretrainView.view's order for a
+    crop smaller than the view: cut the crop, colour it (jitter in the drawn order, then grayscale),
+    enlarge, flip, blur."""
     top, left, h, w = box.tolist()
     x = img[:, top:top + h, left:left + w]
     ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
@@ -596,30 +673,36 @@ def torchvision_view(img, box, flip, jitter, factors, order, gray, size, sigma):
 
 
 def test_views_made_as_matrices_equal_torchvisions_ops_with_the_same_draws():
-    """A source smaller than the view: render_views colours it, then makes crop, resize, flip and blur as two
-    matrix products. With the same draws, each view must equal torchvision's functional ops one after the other
-    on that image (crop, colour, resize, flip, blur), crop edges included."""
+    """A source smaller than the view: render_views colours it, then makes crop, resize, flip and
+    blur as two matrix products. With the same draws, each view must equal torchvision's functional
+    ops one after the other on that image (crop, colour, resize, flip, blur), crop edges
+    included."""
     torch.manual_seed(0)
     B, S, V = 12, 20, 48
     source = torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8)
-    sizes = torch.tensor([[S, S]] * B)  # the source at its own size, as the loader sends a small image
+    sizes = torch.tensor([[S,
+                           S]] * B)  # the source at its own size, as the loader sends a small image
     p = data.view_params(sizes, 0.08)
-    p.update(flip=torch.arange(B) % 2 == 1, jitter=torch.arange(B) % 3 != 0, gray=torch.arange(B) % 4 == 3)
+    p.update(flip=torch.arange(B) % 2 == 1, jitter=torch.arange(B) % 3 != 0,
+             gray=torch.arange(B) % 4 == 3)
     sigma = torch.linspace(0.1, 2.0, B)
     mine = data.render_views(source, sizes, p, V, sigma)
     for i in range(B):
-        theirs = torchvision_view(source[i].float() / 255, p["box"][i], p["flip"][i], p["jitter"][i], p["factors"][i],
+        theirs = torchvision_view(source[i].float() / 255, p["box"][i], p["flip"][i],
+                                  p["jitter"][i], p["factors"][i],
                                   p["order"][i], p["gray"][i], V, sigma[i])
         torch.testing.assert_close(mine[i], theirs, atol=1e-4, rtol=0)
-    normalised = data.render_views(source, sizes, p, V, sigma, normalise=True)  # normalised on the source's pixels
+    normalised = data.render_views(source, sizes, p, V, sigma,
+                                   normalise=True)  # normalised on the source's pixels
     torch.testing.assert_close(normalised, data.normalize(mine * 255), atol=1e-4, rtol=0)
     unblurred = data.render_views(source, sizes, p, V)
     torch.testing.assert_close(data.gaussian_blur(unblurred, sigma), mine, atol=1e-5, rtol=0)
 
 
 def test_device_views_send_images_at_their_own_size_up_to_the_view(tmp_path):
-    """augment="device": a loader item is the image as a square of its longer side capped at the view, and a batch
-    of mixed sides is brought to the largest; its views come out at the view size."""
+    """augment="device": a loader item is the image as a square of its longer side capped at the
+    view, and a batch of mixed sides is brought to the largest; its views come out at the view
+    size."""
     for name, size in (("a.png", (60, 40)), ("b.png", (300, 280))):
         Image.new("RGB", size, (120, 60, 30)).save(tmp_path / name)
     base = data.get_dataset("images", tmp_path)
@@ -633,10 +716,13 @@ def test_device_views_send_images_at_their_own_size_up_to_the_view(tmp_path):
     assert origin.shape == (2, 3, 32, 32) and v1.shape == v2_.shape == (2, 3, 128, 128)
 
 
-@pytest.mark.parametrize("view_size", [48, 160])  # smaller than the 112-px faces, and larger (colour first)
+@pytest.mark.parametrize("view_size", [48,
+                                       # smaller than the 112-px faces, and larger (colour first)
+                                       160])
 def test_views_augmented_on_the_device_look_like_the_loaders(view_size):
-    """PretrainView(augment="device") + pretrain_batch against the per-image views on the same faces: same shapes,
-    and the views' pixel statistics (mean and spread per channel, over many draws) agree."""
+    """PretrainView(augment="device") + pretrain_batch against the per-image views on the same
+    faces: same shapes, and the views' pixel statistics (mean and spread per channel, over many
+    draws) agree."""
     base = data.get_dataset("synthetic", split="train", synthetic_count=32, render=True)
     stats = {}
     for augment in ("loader", "device"):
@@ -648,9 +734,11 @@ def test_views_augmented_on_the_device_look_like_the_loaders(view_size):
             batch, _ = data.collate([views[i] for i in range(len(views))])
             out.append(data.pretrain_batch(batch, "cpu"))
         origin, v1, v2_ = (torch.cat(t) for t in zip(*out))
-        assert origin.shape == (128, 3, 112, 112) and v1.shape == v2_.shape == (128, 3, view_size, view_size)
+        assert origin.shape == (128, 3, 112, 112) and v1.shape == v2_.shape == (128, 3, view_size,
+                                                                                view_size)
         v = torch.cat([v1, v2_])
         stats[augment] = (origin, v.mean((0, 2, 3)), v.std((0, 2, 3)), v.mean((1, 2, 3)).std())
-    torch.testing.assert_close(stats["device"][0], stats["loader"][0])  # the origin is not augmented
+    torch.testing.assert_close(stats["device"][0],
+                               stats["loader"][0])  # the origin is not augmented
     for mine, theirs in zip(stats["device"][1:], stats["loader"][1:]):
         torch.testing.assert_close(mine, theirs, atol=0.1, rtol=0.1)

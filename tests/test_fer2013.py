@@ -1,5 +1,6 @@
-"""FER2013 as users have it (image folders -> the official csv, its standard splits), few-label evaluation, the
-narrow ResNet, the central-mask control and the learning-curve bookkeeping: on fixtures the tests build."""
+"""FER2013 as users have it (image folders -> the official csv, its standard splits), few-label
+evaluation, the narrow ResNet, the central-mask control and the learning-curve bookkeeping: on
+fixtures the tests build."""
 import json
 import os
 import sys
@@ -54,7 +55,8 @@ def test_folders_become_the_official_csv_with_the_standard_splits(tmp_path, caps
     img, _, _ = train[2]
     assert torch.equal(img[0], torch.from_numpy(face(2))) and torch.equal(img[0], img[2])
     # the .npz holds the files' own bytes: the csv made from it is the same file
-    assert prepare.main(["--from", str(tmp_path / "fer.npz"), "--out", str(tmp_path / "again")]) == 0
+    assert prepare.main(["--from", str(tmp_path / "fer.npz"), "--out",
+                         str(tmp_path / "again")]) == 0
     assert open(tmp_path / "again" / "fer2013.csv").read() == "\n".join(lines) + "\n"
 
 
@@ -104,23 +106,31 @@ def test_labels_per_class_is_balanced_seeded_and_a_subset():
     base = data.FaceDataset("toy", ["a", "b", "c"], torch.zeros(30, 4, 4, dtype=torch.uint8),
                             [0] * 20 + [1] * 8 + [2] * 2)
     sub = data.labels_per_class(base, 5, seed=1)
-    assert [sub.labels.count(k) for k in range(3)] == [5, 5, 2]  # a class with fewer keeps all of its items
-    assert sub.indices == sorted(set(sub.indices)) and all(base.labels[i] == l for i, l in zip(sub.indices, sub.labels))
+    # a class with fewer keeps all of its items
+    assert [sub.labels.count(k) for k in range(3)] == [5, 5, 2]
+    assert sub.indices == sorted(set(sub.indices)) and all(base.labels[i] == l for i,
+                                                           l in zip(sub.indices, sub.labels))
     assert data.labels_per_class(base, 5, seed=1).indices == sub.indices  # seeded
     assert data.labels_per_class(base, 5, seed=2).indices != sub.indices
     assert sub.classes == base.classes and torch.equal(sub[0][0], base[sub.indices[0]][0])
 
 
 def test_eval_labels_per_class_draws_only_from_the_train_split(tmp_path, monkeypatch):
-    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 3)]
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k,
+                                    c in enumerate(prepare.CLASSES * 3)]
                  + [("test", c, f"PrivateTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     drawn = []
     real = data.labels_per_class
-    monkeypatch.setattr(data, "labels_per_class", lambda d, n, seed: drawn.append((len(d), n, seed)) or real(d, n, seed))
+    monkeypatch.setattr(data, "labels_per_class", lambda d, n, seed: drawn.append((len(d), n,
+                                                                                   seed)) or real(d,
+                                                                                                  n,
+                                                                                                  seed))
     out = tmp_path / "eval"
-    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--mode", "linear",
-                         "--epochs", "2", "--labels-per-class", "2", "--seed", "3", "--out", str(out)]) == 0
+    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--mode",
+                         "linear",
+                         "--epochs", "2", "--labels-per-class", "2", "--seed", "3", "--out",
+                         str(out)]) == 0
     assert drawn == [(21, 2, 3)]  # the 21 training faces, never the 7 test ones
     report = json.load(open(out / "eval_linear_fer2013_2pc.json"))
     assert report["train_images"] == 14 and report["labels_per_class"] == 2
@@ -143,50 +153,63 @@ def test_finetune_trains_the_trunk_and_scores_each_epoch_or_the_last_only():
         torch.manual_seed(0)
         trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
         before = trunk.conv1.weight.detach().clone()
-        reports[every] = evaluate.finetune(trunk, faces, faces, cfg.view_size, "cpu", epochs=3, batch_size=8, seed=1,
+        reports[every] = evaluate.finetune(trunk, faces, faces, cfg.view_size, "cpu", epochs=3,
+                                           batch_size=8, seed=1,
                                            every_epoch=every)
-        assert not torch.equal(trunk.conv1.weight, before)  # the whole network is trained, not only the head
+        # the whole network is trained, not only the head
+        assert not torch.equal(trunk.conv1.weight, before)
         weights[every] = trunk.conv1.weight.detach().clone()
     assert len(reports[True]["history"]) == 3 and len(reports[False]["history"]) == 1
     assert reports[False]["best_epoch"] == 3
-    # scoring in between changes nothing of the training: the same weights and the same final accuracy
+    # scoring in between changes nothing of the training: the same weights and the same final
+    # accuracy
     assert torch.equal(weights[True], weights[False])
     assert reports[True]["last_epoch_accuracy"] == reports[False]["last_epoch_accuracy"]
 
 
 def test_few_labels_table_compares_the_trunks_on_the_same_class_balanced_labels(tmp_path):
     import few_labels
-    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 4)]
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k,
+                                    c in enumerate(prepare.CLASSES * 4)]
                  + [("test", c, f"PublicTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     run = tmp_path / "run"
-    assert train.main(["--data", "fer2013", "--root", str(tmp_path), "--preset", "tiny", "--width", "0.25",
-                       "--batch-size", "14", "--epochs", "1", "--knn-samples", "0", "--probe", "false",
+    assert train.main(["--data", "fer2013", "--root", str(tmp_path), "--preset", "tiny", "--width",
+                       "0.25",
+                       "--batch-size", "14", "--epochs", "1", "--knn-samples", "0", "--probe",
+                       "false",
                        "--device", "cpu", "--workers", "0", "--out", str(run)]) == 0
     out = tmp_path / "few.md"
-    assert few_labels.main(["--ckpt", str(run / "last.pt"), "--data", "fer2013", "--root", str(tmp_path),
-                            "--labels", "2", "all", "--subsets", "0", "1", "--finetune", "--finetune-epochs", "1",
+    assert few_labels.main(["--ckpt", str(run / "last.pt"), "--data", "fer2013", "--root",
+                            str(tmp_path),
+                            "--labels", "2", "all", "--subsets", "0", "1", "--finetune",
+                            "--finetune-epochs", "1",
                             "--out", str(out)]) == 0
     table = open(out).read().splitlines()
     assert [r.split(" |")[0] for r in table[6:]] == [
         "| pretrained trunk, linear probe", "| random trunk, linear probe", "| from scratch",
         "| pretrained trunk, fine-tuned"]
-    assert all(r.endswith(" – |") for r in table[8:])  # fine-tuning is for the few-label columns only
+    # fine-tuning is for the few-label columns only
+    assert all(r.endswith(" – |") for r in table[8:])
     scores = json.load(open(tmp_path / "few.json"))
-    assert [len(scores[f"{r} | 2"]) for r in ("pretrained trunk, linear probe", "from scratch")] == [2, 2]
+    assert [len(scores[f"{r} | 2"]) for r in ("pretrained trunk, linear probe",
+                                              "from scratch")] == [2, 2]
     assert len(scores["random trunk, linear probe | all"]) == 1  # every label: one subset
     assert all(0 <= a <= 1 for v in scores.values() for a in v)
 
 
-# ----------------------------------------------------------------------------- narrow ResNet, central mask
+# ----------------------------------------------------------------------------- narrow ResNet,
+# central mask
 
 
 def test_a_narrow_resnet_keeps_torchvisions_names_with_fewer_channels():
-    narrow, full = Backbone("resnet18", width=0.5).state_dict(), torchvision.models.resnet18().state_dict()
+    narrow, full = Backbone("resnet18",
+                            width=0.5).state_dict(), torchvision.models.resnet18().state_dict()
     assert set(narrow) == set(full) - {"fc.weight", "fc.bias"}
     for k, v in narrow.items():
         if v.dim() == 4:  # conv weights (out, in, kh, kw): channels halved, the image's 3 kept
-            expected = (full[k].shape[0] // 2, 3 if full[k].shape[1] == 3 else full[k].shape[1] // 2, *full[k].shape[2:])
+            expected = (full[k].shape[0] // 2,
+                        3 if full[k].shape[1] == 3 else full[k].shape[1] // 2, *full[k].shape[2:])
             assert v.shape == expected, k
     trunk = Backbone("resnet18", width=0.5)
     assert trunk.dim == 256 and trunk(torch.randn(2, 3, 64, 64)).shape == (2, 256)
@@ -197,9 +220,11 @@ def test_a_narrow_resnet_keeps_torchvisions_names_with_fewer_channels():
 
 
 def test_central_patches_are_the_ones_nearest_the_centre():
-    assert sorted(evaluate.central_patches(7, 9).tolist()) == [16, 17, 18, 23, 24, 25, 30, 31, 32]  # the 3x3 block
+    # the 3x3 block
+    assert sorted(evaluate.central_patches(7, 9).tolist()) == [16, 17, 18, 23, 24, 25, 30, 31, 32]
     twelve = evaluate.central_patches(7, 12).tolist()
-    assert set(twelve) >= {16, 17, 18, 23, 24, 25, 30, 31, 32} and set(twelve) - set(twelve[:9]) == {10, 22, 26}
+    assert set(twelve) >= {16, 17, 18, 23, 24, 25, 30, 31,
+                           32} and set(twelve) - set(twelve[:9]) == {10, 22, 26}
 
 
 # ----------------------------------------------------------------------------- learning curves
@@ -212,21 +237,26 @@ def test_probe_points_double_and_end_at_the_budget():
 
 @pytest.mark.slow
 def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_path):
-    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k, c in enumerate(prepare.CLASSES * 4)]
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k,
+                                    c in enumerate(prepare.CLASSES * 4)]
                  + [("test", c, f"{u}_{k}.jpg") for u in ("PublicTest", "PrivateTest")
                     for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     out = str(tmp_path / "curve.jsonl")
-    common = ["--data", "fer2013", "--root", str(tmp_path), "--arms", "simclr,supervised", "--batch-size", "7",
-              "--epochs", "4", "--options", "--width 0.25", "--runs", str(tmp_path / "runs"), "--out", out]
+    common = ["--data", "fer2013", "--root", str(tmp_path), "--arms", "simclr,supervised",
+              "--batch-size", "7",
+              "--epochs", "4", "--options", "--width 0.25", "--runs", str(tmp_path / "runs"),
+              "--out", out]
     assert learning_curve.main(common + ["--until", "2"]) == 0
     assert [(r["arm"], r["epoch"]) for r in learning_curve.read_rows(out)] == [
         ("simclr", 1), ("simclr", 2), ("supervised", 1), ("supervised", 2)]
     assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 2 * 4
-    assert learning_curve.main(common) == 0  # the rest of the budget: epoch 4 only, from the checkpoints
+    # the rest of the budget: epoch 4 only, from the checkpoints
+    assert learning_curve.main(common) == 0
     rows = learning_curve.read_rows(out)
     assert [(r["arm"], r["epoch"]) for r in rows[4:]] == [("simclr", 4), ("supervised", 4)]
-    assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2  # 28 faces, batch 7: 4 steps an epoch
+    # 28 faces, batch 7: 4 steps an epoch
+    assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2
     assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
     with pytest.raises(SystemExit):  # test rows never go into the val file
         learning_curve.main(common + ["--split", "test"])
@@ -235,8 +265,10 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
     for _ in range(2):  # the second call finds the rows: test is read once
         assert learning_curve.main(read_test) == 0
         assert [(r["arm"], r["epoch"], r["split"]) for r in learning_curve.read_rows(test_out)] == [
-            ("random trunk", 0, "test"), ("random trunk, BN statistics", 0, "test"), ("pixels 32x32", 0, "test"),
-            ("simclr", 4, "test"), ("supervised", 4, "test")]  # the checkpoints as they stood: nothing trained
+            ("random trunk", 0, "test"), ("random trunk, BN statistics", 0, "test"),
+            ("pixels 32x32", 0, "test"),
+            # the checkpoints as they stood: nothing trained
+            ("simclr", 4, "test"), ("supervised", 4, "test")]
     assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
     assert "test linear probe" in open(str(tmp_path / "curve_test.md")).read()
     with pytest.raises(SystemExit, match="no checkpoint"):
@@ -249,14 +281,46 @@ def test_curve_table_and_picture_from_rows(tmp_path):
             {"arm": "simclr", "seed": 0, "epoch": 1, "images": 100, "linear": 0.2, "knn": 0.21},
             {"arm": "simclr", "seed": 1, "epoch": 1, "images": 100, "linear": 0.3, "knn": 0.23},
             {"arm": "simclr", "seed": 0, "epoch": 2, "images": 200, "linear": 0.4, "knn": 0.3, "hit_rate": 0.3,
-             "hit_rate_random": 0.245, "hit_rate_central": 0.44},
+             "hit_rate_random": 0.245, "hit_rate_central": 0.44, "linear_dedup": 0.32, "knn_dedup": 0.27,
+             "ffl_grad_share": 0.25},
             {"arm": "semantic masking, untrained", "seed": 0, "epoch": 0, "images": 0, "hit_rate": 0.46,
              "hit_rate_random": 0.245, "hit_rate_central": 0.44}]
     for r in rows:
         learning_curve.append_row(path, r)
     learning_curve.draw(path)
     table = open(tmp_path / "curve.md").read()
-    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 |" in table  # mean ± std over the seeds
-    assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 30.0 / 24.5 / 44.0 |" in table
-    assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | 46.0 / 24.5 / 44.0 |" in table
+    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 | – |" in table  # mean ± std over the seeds
+    assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 32.0 / 27.0 | 30.0 / 24.5 / 44.0 | 25.0 |" in table
+    assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | – | 46.0 / 24.5 / 44.0 |" in table
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_held_out_faces_copied_from_train_are_found_counted_and_left_out(tmp_path, capsys):
+    """Two PublicTest faces are Training faces saved again (one brighter by a few levels, still a near-exact copy);
+    prepare_fer2013 counts and lists them, eval.py scores the split with and without them."""
+    src = tmp_path / "src"
+    layout = [("train", c, f"Training_{k}.png") for k, c in enumerate(prepare.CLASSES * 2)]
+    layout += [("test", c, f"PublicTest_{k}.png") for k, c in enumerate(prepare.CLASSES)]
+    for k, (split, cls, name) in enumerate(layout):
+        os.makedirs(src / split / cls, exist_ok=True)
+        pixels = face(k)
+        if name in ("PublicTest_1.png", "PublicTest_4.png"):  # copies of Training_3 and Training_11
+            pixels = face(3) if name == "PublicTest_1.png" else np.clip(face(11).astype(int) + 3, 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(src / split / cls / name)
+    assert prepare.main(["--from", str(src), "--out", str(tmp_path / "fer2013")]) == 0
+    assert "PublicTest (val): 2 of 7 faces (28.6 %) have a near-exact copy in Training" in capsys.readouterr().out
+    report = json.load(open(tmp_path / "fer2013" / "duplicates.json"))
+    assert report["val"]["indices"] == [1, 4] and report["val"]["nearest_training"] == [3, 11]
+    assert report["test"]["duplicates"] == 0 and report["threshold"] == data.DUPLICATE_COSINE
+    train_base, val = (data.get_dataset("fer2013", tmp_path, s) for s in ("train", "val"))
+    mask, nearest = data.near_duplicates(train_base, val)
+    assert mask.tolist() == [False, True, False, False, True, False, False] and nearest[[1, 4]].tolist() == [3, 11]
+    assert data.near_duplicates(data.random_subset(train_base, 5), val) is None  # not held in memory: not checked
+    out = tmp_path / "eval"
+    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--split", "val",
+                         "--mode", "knn", "--out", str(out)]) == 0
+    assert "2 of the val faces have a near-exact copy in train" in capsys.readouterr().out
+    r = json.load(open(out / "eval_knn_fer2013_val.json"))
+    assert r["held_out_duplicates"] == 2
+    pred_right = round(r["accuracy"] * 7)
+    assert 0 <= r["accuracy_deduplicated"] <= 1 and round(r["accuracy_deduplicated"] * 5) <= pred_right

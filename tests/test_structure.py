@@ -1,4 +1,5 @@
-"""The project's shape: imports go one way (simfle <- data <- eval <- train), and the scripts read in short steps."""
+"""The project's shape: imports go one way (simfle <- data <- eval <- train), and the scripts read
+in short steps."""
 import ast
 import glob
 import os
@@ -57,9 +58,53 @@ def test_no_import_cycle_among_the_top_level_modules():
     assert graph["eval"] <= {"simfle", "data"} and "train" not in graph["eval"]
 
 
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_no_function_longer_than_80_lines(script):
-    tree = ast.parse(open(os.path.join(ROOT, script)).read())
-    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80}
-    assert not long, f"{script}: functions over 80 lines: {long}"
+# the project's own Python files; the tutorial's files have their own owner and tests
+TUTORIAL = {"tutorial/tutorial.py", "tutorial/exercises.py", "tutorial/solutions.py", "tutorial/make.py",
+            "tests/test_notebook.py", "tests/test_exercises.py"}
+OWN = sorted(p for p in (os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "**", "*.py"),
+                                                                     recursive=True))
+             if p not in TUTORIAL and not p.startswith((".", "runs", "data" + os.sep)))
+# files whose lines are not all wrapped at 100 yet: the tests and the benchmark scripts (the
+# modules a reader reads, simfle.py, train.py, eval.py, data.py, hubconf.py and support/, are)
+LONG_LINES_FOR_NOW = {p for p in OWN if p.startswith(("tests" + os.sep, "benchmarks" + os.sep))}
+OVER_600_FOR_NOW = {"tests/test_data.py", "tests/test_train.py"}
+LONG_FUNCTIONS_FOR_NOW = set()
+READING_PATH = {"simfle.py", "train.py", "eval.py", "data.py"}
+
+
+def functions(path):
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    return {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@pytest.mark.parametrize("path", OWN)
+def test_no_function_longer_than_80_lines(path):
+    long = {name: n for name, n in functions(path).items()
+            if n > 80 and (path, name) not in LONG_FUNCTIONS_FOR_NOW}
+    assert not long, f"{path}: functions over 80 lines: {long}"
+
+
+@pytest.mark.parametrize("path", [p for p in OWN if p not in OVER_600_FOR_NOW])
+def test_no_module_over_600_lines(path):
+    n = len(open(os.path.join(ROOT, path)).read().splitlines())
+    assert n <= 600, f"{path}: {n} lines"
+
+
+def test_train_py_reads_on_a_few_screens():
+    assert len(open(os.path.join(ROOT, "train.py")).read().splitlines()) <= 350
+
+
+@pytest.mark.parametrize("path", [p for p in OWN if p not in LONG_LINES_FOR_NOW])
+def test_no_line_over_100_characters(path):
+    long = [i for i, line in enumerate(open(os.path.join(ROOT, path)).read().splitlines(), 1)
+            if len(line) > 100]
+    assert not long, f"{path}: lines over 100 characters: {long}"
+
+
+def test_support_modules_sit_below_the_scripts():
+    """support/ holds what the four modules need and a reader can skip; nothing there imports train."""
+    for path in glob.glob(os.path.join(ROOT, "support", "*.py")):
+        assert "train" not in imported_modules(path), path
+    for name in ("device_augment", "synthetic_faces"):  # below data.py: no project import at all
+        assert imported_modules(os.path.join(ROOT, "support", name + ".py")) == set()

@@ -1,5 +1,6 @@
 """train.py / eval.py end to end on CPU: options, checkpoints, resume, interrupts, bad input, DDP."""
 import argparse
+import contextlib
 import copy
 import functools
 import json
@@ -19,6 +20,7 @@ import data
 import eval as evaluate
 import train
 from simfle import SimFLEConfig
+from support import observe, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the smallest run that still exercises every piece: 16 synthetic faces, batch 8, 2 steps an epoch
@@ -29,7 +31,8 @@ QUICK = ["--preset", "tiny", "--num-synthetic", "16", "--batch-size", "8", "--kn
 def run_script(*args, timeout=300, capture=True, **kw):
     """Run a project script in a fresh process, as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=capture, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=capture, text=True,
+                          timeout=timeout,
                           env=env, **kw)
 
 
@@ -41,7 +44,8 @@ def metrics(out):
 # ----------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("bad", [["--no-such-option"], ["--mask-ratio", "1.0"], ["--mask-ratio", "0"],
+@pytest.mark.parametrize("bad", [["--no-such-option"], ["--mask-ratio", "1.0"], ["--mask-ratio",
+                                                                                 "0"],
                                  ["--groups", "30"], ["--epochs", "0"], ["--batch-size", "-1"],
                                  ["--gfl", "moco"], ["--data", "imagenet"]])
 def test_impossible_options_are_argparse_errors(bad, capsys):
@@ -65,7 +69,8 @@ def test_defaults_follow_the_paper():
 
 def test_learning_rate_cosine_per_epoch_after_an_optional_warmup():
     import math
-    args = train.parse_args(["--lr", "0.1", "--epochs", "4"])  # the paper: cosine per epoch, no warm-up
+    # the paper: cosine per epoch, no warm-up
+    args = train.parse_args(["--lr", "0.1", "--epochs", "4"])
     assert train.learning_rate(args, 0, 0, 10) == pytest.approx(0.1)
     assert train.learning_rate(args, 2, 25, 10) == pytest.approx(0.05)
     args = train.parse_args(["--lr", "0.1", "--epochs", "4", "--warmup-epochs", "1"])
@@ -77,27 +82,35 @@ def test_learning_rate_cosine_per_epoch_after_an_optional_warmup():
 
 def test_help_lists_every_config_field():
     text = train.build_parser().format_help()
-    for field in train.SimFLEConfig.__dataclass_fields__:
+    for field in SimFLEConfig.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in text
 
 
 def test_missing_dataset_is_one_clear_message(tmp_path):
-    r = run_script("train.py", "--data", "rafdb", "--root", str(tmp_path / "nowhere"), "--device", "cpu", timeout=120)
+    r = run_script("train.py", "--data", "rafdb", "--root", str(tmp_path / "nowhere"), "--device",
+                   "cpu", timeout=120)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert "list_patition_label.txt" in r.stderr and "nowhere" in r.stderr
 
 
-# ----------------------------------------------------------------------------- training and checkpoints
+# ----------------------------------------------------------------------------- training and
+# checkpoints
 
 
-def test_a_log_file_reads_line_by_line(tmp_path):
-    """train.py with its output in a file (CI, nohup, Colab): plain progress lines, none over 300 characters."""
+def test_a_log_file_reads_line_by_line(tmp_path, monkeypatch):
+    """train.py with its output in a file (CI, nohup, Colab): plain progress lines, none over 300
+    characters. In process, with stdout and stderr sent to the file, and the final probe on 64 faces
+    a split."""
+    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k,
+                                                             "synthetic_count": k.get("synthetic_count") or 64})  # noqa: E731
+    monkeypatch.setattr(data, "get_dataset", small)
     log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        r = run_script("train.py", *QUICK, "--epochs", "1", "--out", str(tmp_path / "run"), "--probe", "true",
-                       "--probe-epochs", "2", stdout=f, stderr=subprocess.STDOUT, capture=False)
-    assert r.returncode == 0
+    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        code = train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run"), "--probe",
+                                  "true",
+                                  "--probe-epochs", "2"])
+    assert code == 0
     text = log.read_text()
     assert "\r" not in text and "epoch=1 step=2" in text and "epoch 1/1: 100%" in text
     assert "linear probe (cached): 100%" in text  # the final probe's bar too
@@ -120,7 +133,8 @@ def test_train_then_eval_on_synthetic(tmp_path):
     missing, unexpected = net.load_state_dict(trunk, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     # eval rebuilds the trunk from the checkpoint alone
-    assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "knn", "--device", "cpu"]) == 0
+    assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "knn", "--device",
+                         "cpu"]) == 0
     report = json.load(open(os.path.join(out, "eval_knn_synthetic.json")))
     assert len(report["classes"]) == 7 and 0 <= report["accuracy"] <= 1
 
@@ -129,13 +143,16 @@ def test_resume_is_exact(tmp_path):
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     assert train.cli(QUICK + ["--epochs", "2", "--out", straight, "--knn-samples", "0"]) == 0
     # stop in the middle of epoch 1 (step 1 of 2), then resume to the end
-    assert train.cli(QUICK + ["--epochs", "2", "--out", cut, "--knn-samples", "0", "--stop-after-steps", "1"]) == 0
+    assert train.cli(QUICK + ["--epochs", "2", "--out", cut, "--knn-samples", "0",
+                              "--stop-after-steps", "1"]) == 0
     assert not os.path.exists(os.path.join(cut, "metrics.jsonl"))
-    assert train.cli(["--resume", os.path.join(cut, "last.pt"), "--device", "cpu", "--workers", "0"]) == 0
+    assert train.cli(["--resume", os.path.join(cut, "last.pt"), "--device", "cpu", "--workers",
+                      "0"]) == 0
     a, b = metrics(straight), metrics(cut)
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b):
-        for key in ("similarity", "reconstruction", "distillation", "grouping", "l_g", "weighted_grouping", "total",
+        for key in ("similarity", "reconstruction", "distillation", "grouping", "l_g",
+                    "weighted_grouping", "total",
                     "lr"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), key
     sa = torch.load(os.path.join(straight, "last.pt"), weights_only=True)["model"]
@@ -145,22 +162,24 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_gradient_shares_logged_and_invisible_to_training(tmp_path):
-    """Each epoch's record has the loss terms' shares of the ResNet's gradient (they add up; L_r and l_g² read 0),
-    and measuring them at every step trains exactly as not measuring them at all."""
+    """Each epoch's record has the loss terms' shares of the ResNet's gradient (they add up; L_r and
+    l_g² read 0), and measuring them at every step trains exactly as not measuring them at all."""
     measured, plain = str(tmp_path / "measured"), str(tmp_path / "plain")
-    options = QUICK + ["--epochs", "2", "--knn-samples", "0", "--gfl", "simclr", "--distill-target", "ffl",
+    options = QUICK + ["--epochs", "2", "--knn-samples", "0", "--gfl", "simclr", "--distill-target",
+                       "ffl",
                        "--distill-loss", "cosine", "--alpha", "3"]
     assert train.cli(options + ["--out", measured, "--grad-share-every", "1"]) == 0
     assert train.cli(options + ["--out", plain, "--grad-share-every", "0"]) == 0
     rows = metrics(measured)
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
-        shares = [r["grad_share_" + t] for t in train.LOSS_TERMS]
+        shares = [r["grad_share_" + t] for t in observe.LOSS_TERMS]
         assert sum(shares) == pytest.approx(1.0, abs=1e-9)
         assert r["grad_share_reconstruction"] == 0.0 and r["grad_share_grouping"] == 0.0
         assert 0.05 < r["grad_share_distillation"] < 0.95
     assert not any(k.startswith("grad_share") for r in metrics(plain) for k in r)
-    a, b = (torch.load(os.path.join(d, "last.pt"), weights_only=True)["model"] for d in (measured, plain))
+    a, b = (torch.load(os.path.join(d, "last.pt"), weights_only=True)["model"] for d in (measured,
+                                                                                         plain))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -188,7 +207,8 @@ def test_bad_checkpoints_get_one_message(tmp_path, capsys):
     torch.save({"format": train.CHECKPOINT_FORMAT, "payload": RunsCode(str(proof))}, malicious,
                pickle_protocol=pickle.HIGHEST_PROTOCOL)
     good = tmp_path / "good.pt"
-    torch.save({"format": train.CHECKPOINT_FORMAT, "model": {}, "config": {"backbone": "resnet18"}}, good)
+    torch.save({"format": train.CHECKPOINT_FORMAT, "model": {}, "config": {"backbone": "resnet18"}},
+               good)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:100])
     text = tmp_path / "notes.pt"
@@ -197,7 +217,8 @@ def test_bad_checkpoints_get_one_message(tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, plain)
     alien = tmp_path / "alien.pt"
     torch.save({"format": train.CHECKPOINT_FORMAT, "config": {"backbone": "vgg16"}}, alien)
-    for path, words in [(malicious, "not a loadable"), (truncated, "not a loadable"), (text, "not a loadable"),
+    for path, words in [(malicious, "not a loadable"), (truncated, "not a loadable"), (text,
+                                                                                       "not a loadable"),
                         (plain, "not a SimFLE checkpoint"), (alien, "unknown model configuration"),
                         (tmp_path / "missing.pt", "not found")]:
         assert evaluate.cli(["--ckpt", str(path), "--device", "cpu"]) == 2
@@ -230,15 +251,19 @@ def test_out_of_memory_is_one_message(tmp_path, monkeypatch, capsys):
 def test_sigint_saves_and_resume_continues(tmp_path):
     out = str(tmp_path / "run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "train.py", "--preset", "tiny", "--num-synthetic", "80", "--batch-size", "8",
-            "--epochs", "2", "--knn-samples", "0", "--probe", "false", "--device", "cpu", "--out", out]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    args = [sys.executable, "train.py", "--preset", "tiny", "--num-synthetic", "80", "--batch-size",
+            "8",
+            "--epochs", "2", "--knn-samples", "0", "--probe", "false", "--device", "cpu", "--out",
+            out]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
     # wait until a few steps have run: the progress bar shows 'epoch 1/2' with a step count
     deadline, seen = time.time() + 120, ""
     while time.time() < deadline:
         chunk = proc.stdout.read(1) if proc.stdout else ""
         seen += chunk
-        if "it/s" in seen or "s/it" in seen:
+        training = seen.rpartition("epoch 1/2")[2]  # not the bar of the faces' rendering before it
+        if "epoch 1/2" in seen and ("it/s" in training or "s/it" in training):
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
@@ -256,11 +281,13 @@ def test_sigint_saves_and_resume_continues(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     out = str(tmp_path / "ddp")
-    r = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train.py",
+    r = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                   "train.py",
                    *QUICK, "--epochs", "1", "--out", out, "--batch-size", "8", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
-    assert ckpt["step"] == 2 and ckpt["train"]["batch_size"] == 8  # 16 images / (2 processes x 4) = 2 steps
+    # 16 images / (2 processes x 4) = 2 steps
+    assert ckpt["step"] == 2 and ckpt["train"]["batch_size"] == 8
     assert len(metrics(out)) == 1  # one writer: rank 0
 
 
@@ -275,7 +302,8 @@ def test_memory_holds_steady_over_hundreds_of_steps():
 
 
 def random_pretrain_batch(cfg, n, seed=0):
-    """What data.collate makes of n PretrainView items: uint8 origin, view1, view2 and a sigma per view."""
+    """What data.collate makes of n PretrainView items: uint8 origin, view1, view2 and a sigma per
+    view."""
     g = torch.Generator().manual_seed(seed)
     images = [torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
               for s in (cfg.origin_size, cfg.view_size, cfg.view_size)]
@@ -283,7 +311,8 @@ def random_pretrain_batch(cfg, n, seed=0):
 
 
 def saved_bytes_and_step(trainer, batch):
-    """One training step; -> (bytes the forward kept for the backward outside checkpointed blocks, loss parts)."""
+    """One training step; -> (bytes the forward kept for the backward outside checkpointed blocks,
+    loss parts)."""
     kept = [0]
 
     def pack(t):
@@ -295,8 +324,9 @@ def saved_bytes_and_step(trainer, batch):
 
 
 def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
-    """Same seed, same batch, one step: same loss, gradients, BatchNorm statistics (not counted twice by the
-    recomputation) and weights; the same state_dict keys; and the forward keeps less for the backward."""
+    """Same seed, same batch, one step: same loss, gradients, BatchNorm statistics (not counted
+    twice by the recomputation) and weights; the same state_dict keys; and the forward keeps less
+    for the backward."""
     cfg = SimFLEConfig.preset("tiny", view_size=32)
     setup = train.Setup(argparse.Namespace(device="cpu", precision="fp32"))
     batch = random_pretrain_batch(cfg, 4)
@@ -307,7 +337,8 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
         torch.manual_seed(1)
         kept, values = saved_bytes_and_step(trainer, batch)
         model = trainer.raw_model
-        runs.append((kept, values, {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+        runs.append((kept, values, {n: p.grad for n,
+                                    p in model.named_parameters() if p.grad is not None},
                      model.state_dict()))
     (kept0, values0, grads0, state0), (kept1, values1, grads1, state1) = runs
     assert kept1 < 0.5 * kept0
@@ -318,17 +349,19 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
     assert list(state0) == list(state1)
     for name in state0:  # running_mean / running_var / num_batches_tracked included
         torch.testing.assert_close(state1[name], state0[name], rtol=1e-5, atol=1e-6, msg=name)
-    assert state1["backbone.layer1.0.bn1.num_batches_tracked"].item() == 2  # views + origin, nothing more
+    # views + origin, nothing more
+    assert state1["backbone.layer1.0.bn1.num_batches_tracked"].item() == 2
 
 
 def test_activation_checkpointing_under_torch_compile():
-    """Compiled, checkpoint takes no context_fn; the compiled backward recomputes values, never the BatchNorm
-    updates, so gradients and running statistics are those of the plain module. (aot_eager: compiles in seconds.)"""
+    """Compiled, checkpoint takes no context_fn; the compiled backward recomputes values, never the
+    BatchNorm updates, so gradients and running statistics are those of the plain module.
+    (aot_eager: compiles in seconds.)"""
     torch.manual_seed(0)
     blocks = torch.nn.Sequential(*torchvision.models.resnet18().layer1)
     plain, checkpointed = copy.deepcopy(blocks), copy.deepcopy(blocks)
     for block in checkpointed:
-        block.forward = functools.partial(train.checkpointed_forward, block, block.forward)
+        block.forward = functools.partial(run.checkpointed_forward, block, block.forward)
     x = torch.randn(2, 64, 8, 8)
     plain(x).square().mean().backward()
     torch.compile(checkpointed, backend="aot_eager")(x).square().mean().backward()
@@ -341,9 +374,12 @@ def test_activation_checkpointing_under_torch_compile():
 
 def test_views_augmented_on_the_device_train(tmp_path):
     out = str(tmp_path / "run")
-    assert train.cli(QUICK + ["--epochs", "1", "--augment", "device", "--knn-samples", "0", "--out", out]) == 0
+    assert train.cli(QUICK + ["--epochs", "1", "--augment", "device", "--knn-samples", "0", "--out",
+                              out]) == 0
     record = metrics(out)[0]
-    assert record["step"] == 2 and all(math.isfinite(record[k]) for k in ("similarity", "reconstruction", "total"))
+    assert record["step"] == 2 and all(math.isfinite(record[k]) for k in ("similarity",
+                                                                          "reconstruction",
+                                                                          "total"))
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -365,59 +401,68 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_one_loader_serves_every_epoch_with_persistent_workers():
-    """train.py keeps one DataLoader with persistent workers for the whole run. The workers hold their own copy
-    of the dataset, so each epoch's items must still be that epoch's augmentations (the epoch travels with the
-    index), and a resumed epoch must skip exactly the batches already done."""
+    """train.py keeps one DataLoader with persistent workers for the whole run. The workers hold
+    their own copy of the dataset, so each epoch's items must still be that epoch's augmentations
+    (the epoch travels with the index), and a resumed epoch must skip exactly the batches already
+    done."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     import data
-    base = data.get_dataset("synthetic", None, "train", seed=0, synthetic_size=32, synthetic_count=8)
+    base = data.get_dataset("synthetic", None, "train", seed=0, synthetic_size=32,
+                            synthetic_count=8)
     view = data.PretrainView(base, view_size=32, origin_size=32, seed=0)
     order = DistributedSampler(view, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
-    sampler = train.EpochSampler(order, batch_size=4, steps_per_epoch=2)
+    sampler = run.EpochSampler(order, batch_size=4, steps_per_epoch=2)
     loader = DataLoader(view, batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True,
                         collate_fn=data.collate)
-    reference = data.PretrainView(base, view_size=32, origin_size=32, seed=0)  # main-process copy, set_epoch works
+    # main-process copy, set_epoch works
+    reference = data.PretrainView(base, view_size=32, origin_size=32, seed=0)
     views = {}
     for epoch, start in ((0, 0), (1, 0), (2, 1)):
         sampler.set(epoch, start)
         got = [batch for batch, _ in loader]
         indices = list(order)[start * 4: 8]
         reference.set_epoch(epoch)
-        want = [data.collate([reference[i] for i in indices[k:k + 4]])[0] for k in range(0, len(indices), 4)]
+        want = [data.collate([reference[i] for i in indices[k:k + 4]])[0] for k in range(0,
+                                                                                         len(indices), 4)]
         assert len(got) == len(want) == 2 - start
         for g, w in zip(got, want):
             for a, b in zip(g, w):
                 assert torch.equal(a, b)
         views[epoch] = dict(zip(indices, torch.cat([b[1] for b in got])))
     same = [i for i in views[0] if i in views[1]]
-    assert same and all(not torch.equal(views[0][i], views[1][i]) for i in same)  # a new augmentation each epoch
+    # a new augmentation each epoch
+    assert same and all(not torch.equal(views[0][i], views[1][i]) for i in same)
 
 
 def test_auto_precision(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train.pick_precision("auto", cpu) == "bf16"
-    assert train.pick_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    assert train.pick_precision("auto", cpu) == "fp32"
-    assert train.pick_precision("auto", torch.device("mps")) == "fp32"
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: True)
+    assert run.pick_precision("auto", cpu) == "bf16"
+    assert run.pick_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: False)
+    assert run.pick_precision("auto", cpu) == "fp32"
+    assert run.pick_precision("auto", torch.device("mps")) == "fp32"
 
 
 def test_main_puts_signal_handlers_back(tmp_path):
-    """train.main installs its save-and-stop handlers only for the run: a script that calls it (compare.py)
-    must get its own Ctrl-C / SIGTERM behaviour back, or a later SIGTERM would be silently swallowed."""
+    """train.main installs its save-and-stop handlers only for the run: a script that calls it
+    (compare.py) must get its own Ctrl-C / SIGTERM behaviour back, or a later SIGTERM would be
+    silently swallowed."""
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run"), "--knn-samples", "0"]) == 0
+    assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run"), "--knn-samples",
+                              "0"]) == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_eval_landmarks_reports_the_hit_rate_trained_and_untrained(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
     assert train.cli(QUICK + ["--epochs", "1", "--out", out, "--knn-samples", "0"]) == 0
-    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k, "synthetic_count": 24})  # noqa: E731
+    # noqa: E731
+    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k, "synthetic_count": 24})
     monkeypatch.setattr(data, "get_dataset", small)
-    assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "landmarks", "--device", "cpu"]) == 0
+    assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "landmarks", "--device",
+                         "cpu"]) == 0
     report = json.load(open(os.path.join(out, "eval_landmarks_synthetic.json")))
     for key in ("hit_rate", "hit_rate_untrained"):
         assert 0 <= report[key]["semantic"] <= 1 and report[key]["random"] == 12 / 49
@@ -426,16 +471,19 @@ def test_eval_landmarks_reports_the_hit_rate_trained_and_untrained(tmp_path, mon
 
 
 def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
-    """Recomputed independently: for every group, the 12 patches whose upsampled group map is highest are
-    visible; a landmark counts when its 16-px patch is one of them. The model is left as it was."""
+    """Recomputed independently: for every group, the 12 patches whose upsampled group map is
+    highest are visible; a landmark counts when its 16-px patch is one of them. The model is left as
+    it was."""
     from simfle import SimFLE, SimFLEConfig
     torch.manual_seed(0)
     model = SimFLE(SimFLEConfig.preset("tiny", groups=4))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     faces = data.get_dataset("synthetic", synthetic_count=6, split="val")
     r = evaluate.landmark_hit_rate(model, faces, "cpu", batch_size=6)
-    assert torch.equal(before["backbone.bn1.running_mean"], model.state_dict()["backbone.bn1.running_mean"])
-    origin = data.normalize(torch.stack([faces[i][0] for i in range(6)]))  # synthetic faces are drawn at 112 px
+    assert torch.equal(before["backbone.bn1.running_mean"],
+                       model.state_dict()["backbone.bn1.running_mean"])
+    # synthetic faces are drawn at 112 px
+    origin = data.normalize(torch.stack([faces[i][0] for i in range(6)]))
     marks = torch.stack([faces[i][2] for i in range(6)])  # (6, 15, 2) pixels
     with torch.no_grad():
         attn = model.train().grouping(model.backbone.feature_map(origin))  # (6, 512, 4, 4)
@@ -443,14 +491,16 @@ def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
     hits = []
     for g in range(4):
         m = attn[:, g * 128:(g + 1) * 128].sum(1, keepdim=True)
-        m = torch.nn.functional.interpolate(m, size=(112, 112), mode="bilinear", align_corners=False)
+        m = torch.nn.functional.interpolate(m, size=(112, 112), mode="bilinear",
+                                            align_corners=False)
         scores = torch.nn.functional.avg_pool2d(m, 16).flatten(1)  # (6, 49)
         top = scores.topk(12, dim=1).indices
         patch = (marks[..., 1] // 16).long() * 7 + (marks[..., 0] // 16).long()
         hits.append(sum(int(p) in set(top[b].tolist()) for b in range(6) for p in patch[b]) / marks[..., 0].numel())
     assert r["per_group"] == pytest.approx(hits) and r["semantic"] == pytest.approx(sum(hits) / 4)
     assert r["random"] == 12 / 49 and r["best_group"] == max(r["per_group"])
-    # the fixed control: the 3x3 block at the centre of the 7x7 grid, and the patches above, left and right of it
+    # the fixed control: the 3x3 block at the centre of the 7x7 grid, and the patches above, left
+    # and right of it
     central = {16, 17, 18, 23, 24, 25, 30, 31, 32, 10, 22, 26}
     assert r["central"] == pytest.approx(sum(int(p) in central for p in patch.flatten()) / patch.numel())
 
@@ -463,13 +513,16 @@ def test_recompute_batchnorm_is_the_plain_average_over_the_images():
     assert evaluate.recompute_batchnorm(trunk, faces, 32, "cpu") is trunk
     batch, _ = data.collate([data.ProbeView(faces, 32, train=False)[i] for i in range(10)])
     with torch.no_grad():
-        conv1 = trunk.conv1(data.probe_batch(batch, "cpu")[0])  # (10, 64, 16, 16): what bn1 normalises
+        # (10, 64, 16, 16): what bn1 normalises
+        conv1 = trunk.conv1(data.probe_batch(batch, "cpu")[0])
     assert torch.allclose(trunk.bn1.running_mean, conv1.mean((0, 2, 3)), atol=1e-5)
-    assert torch.allclose(trunk.bn1.running_var, conv1.var((0, 2, 3)), rtol=1e-3)  # unbiased, as BatchNorm keeps it
+    # unbiased, as BatchNorm keeps it
+    assert torch.allclose(trunk.bn1.running_var, conv1.var((0, 2, 3)), rtol=1e-3)
     assert trunk.bn1.momentum == 0.1 and not trunk.training  # left as it was found, in eval mode
 
 
-# ----------------------------------------------------------------------------- logging: curves, TensorBoard, --help
+# ----------------------------------------------------------------------------- logging: curves,
+# TensorBoard, --help
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -480,24 +533,28 @@ def png_size(png):
 
 
 def test_curves_png_after_each_epoch_and_across_a_resume(tmp_path, monkeypatch, capsys):
-    """curves.png is rewritten after every epoch; after a resume it is drawn from the whole metrics.jsonl."""
+    """curves.png is rewritten after every epoch; after a resume it is drawn from the whole
+    metrics.jsonl."""
     out = str(tmp_path / "run")
     drawn = []  # (epochs drawn, the PNG's bytes) after each epoch
 
-    def spy(metrics_path, png_path, draw=train.draw_curves):
+    def spy(metrics_path, png_path, draw=observe.draw_curves):
         epochs = draw(metrics_path, png_path)
         drawn.append((epochs, open(png_path, "rb").read()))
         return epochs
-    monkeypatch.setattr(train, "draw_curves", spy)
+    monkeypatch.setattr(observe, "draw_curves", spy)
     # epoch 1 (2 steps) and stop there, then resume for epoch 2
     assert train.cli(QUICK + ["--epochs", "2", "--out", out, "--stop-after-steps", "2"]) == 0
-    assert train.cli(["--resume", os.path.join(out, "last.pt"), "--device", "cpu", "--workers", "0"]) == 0
-    assert [epochs for epochs, _ in drawn] == [[1], [1, 2]]  # the picture after the resume shows the whole run
+    assert train.cli(["--resume", os.path.join(out, "last.pt"), "--device", "cpu", "--workers",
+                      "0"]) == 0
+    # the picture after the resume shows the whole run
+    assert [epochs for epochs, _ in drawn] == [[1], [1, 2]]
     (_, first), (_, second) = drawn
     assert first.startswith(PNG_SIGNATURE) and second.startswith(PNG_SIGNATURE) and first != second
     assert png_size(second)[0] >= 1000  # 12 inches at 100 dpi
     assert open(os.path.join(out, "curves.png"), "rb").read() == second
-    assert not os.path.exists(os.path.join(out, "curves.png.tmp"))  # written beside, then renamed over
+    assert not os.path.exists(os.path.join(out,
+                                           "curves.png.tmp"))  # written beside, then renamed over
     rows = metrics(out)
     assert all(0 <= r["landmark_hit_rate"] <= 1 and 0 <= r["knn_accuracy"] <= 1 for r in rows)
     # the printed epoch shows the total as the sum of its weighted terms, each with its share
@@ -509,16 +566,19 @@ def test_training_goes_on_without_matplotlib_or_when_plotting_fails(tmp_path, mo
     with monkeypatch.context() as m:  # matplotlib missing: every import of it fails
         for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
             m.setitem(sys.modules, name, None)
-        assert train.cli(QUICK + ["--epochs", "2", "--knn-samples", "0", "--out", str(tmp_path / "a")]) == 0
+        assert train.cli(QUICK + ["--epochs", "2", "--knn-samples", "0", "--out",
+                                  str(tmp_path / "a")]) == 0
     assert len(metrics(str(tmp_path / "a"))) == 2 and not (tmp_path / "a" / "curves.png").exists()
-    assert capsys.readouterr().out.count("curves.png not drawn: matplotlib is not installed") == 1  # said once
+    # said once
+    assert capsys.readouterr().out.count("curves.png not drawn: matplotlib is not installed") == 1
 
     from matplotlib.figure import Figure
 
     def broken(*a, **k):
         raise RuntimeError("a bug in plotting")
     monkeypatch.setattr(Figure, "savefig", broken)
-    assert train.cli(QUICK + ["--epochs", "1", "--knn-samples", "0", "--out", str(tmp_path / "b")]) == 0
+    assert train.cli(QUICK + ["--epochs", "1", "--knn-samples", "0", "--out",
+                              str(tmp_path / "b")]) == 0
     assert "not drawn (RuntimeError: a bug in plotting); training goes on" in capsys.readouterr().out
     assert len(metrics(str(tmp_path / "b"))) == 1 and (tmp_path / "b" / "last.pt").exists()
 
@@ -566,8 +626,9 @@ def option_help(text):
 
 
 def test_help_states_each_default_once(capsys):
-    """No option's help says its default twice, nor "(default: None)"; an option whose default depends on the
-    preset gives each preset's value; one with a plain default shows it, with or without a help text."""
+    """No option's help says its default twice, nor "(default: None)"; an option whose default
+    depends on the preset gives each preset's value; one with a plain default shows it, with or
+    without a help text."""
     with pytest.raises(SystemExit):
         evaluate.main(["--help"])
     texts = {"train.py": train.build_parser().format_help(), "eval.py": capsys.readouterr().out}
@@ -575,7 +636,8 @@ def test_help_states_each_default_once(capsys):
         entries = option_help(text)
         assert len(entries) > 15, script
         for entry in entries.values():
-            assert entry.lower().count("default") <= 1 and "(default: None)" not in entry, (script, entry)
+            assert entry.lower().count("default") <= 1 and "(default: None)" not in entry, (script,
+                                                                                            entry)
     train_help, eval_help = option_help(texts["train.py"]), option_help(texts["eval.py"])
     for name in ("epochs", "batch_size", "crop_scale", "warmup_epochs"):
         values = ", ".join(f"{p}: {d[name]}" for p, d in train.TRAIN_DEFAULTS.items())
@@ -588,14 +650,18 @@ def test_help_states_each_default_once(capsys):
 
 
 def test_eval_draws_the_accuracy_per_epoch_beside_the_confusion(tmp_path, monkeypatch):
-    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k, "synthetic_count": 24})  # noqa: E731
+    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k,
+                                                             "synthetic_count": 24})  # noqa: E731
     monkeypatch.setattr(data, "get_dataset", small)
-    assert evaluate.cli(["--ckpt", "random", "--mode", "linear", "--epochs", "3", "--features", "cached",
+    assert evaluate.cli(["--ckpt", "random", "--mode", "linear", "--epochs", "3", "--features",
+                         "cached",
                          "--device", "cpu", "--out", str(tmp_path)]) == 0
     report = json.load(open(tmp_path / "eval_linear_synthetic.json"))
     assert len(report["history"]) == 3 and all(0 <= a <= 1 for a in report["history"])
     png = (tmp_path / "eval_linear_synthetic_confusion.png").read_bytes()
-    alone = evaluate.save_confusion_png(report["confusion"], report["classes"], str(tmp_path / "alone.png"), "k-NN")
+    alone = evaluate.save_confusion_png(report["confusion"], report["classes"],
+                                        str(tmp_path / "alone.png"), "k-NN")
     (width, height), (alone_width, _) = png_size(png), png_size(open(alone, "rb").read())
-    assert png.startswith(PNG_SIGNATURE) and width > 1.4 * alone_width  # a second panel beside the matrix
+    # a second panel beside the matrix
+    assert png.startswith(PNG_SIGNATURE) and width > 1.4 * alone_width
     assert height >= 600  # 7 classes at 120 dpi: legible
