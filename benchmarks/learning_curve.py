@@ -494,12 +494,12 @@ def draw(path):
                 if s:
                     ax.axhspan(m - s, m + s, color=f"C{k}", alpha=0.12, lw=0)
                 continue
-            ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}",
-                        label=arm)
+            ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}", label=arm)
         ax.set_ylabel(f"{split} accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.suptitle(f"{os.path.basename(stem).split('_')[0].upper()}, {split} split, against images seen; bars and bands: ± std over seeds, dashed: baselines", fontsize=10)
     if with_hits:
         ax = axes[2]
         controls = next(r for r in rows if "hit_rate_random" in r)

@@ -237,9 +237,9 @@ CURVE_PANELS = [("loss (log scale)", ("total", *WEIGHTED), True),
                 ("landmark hit rate, semantic masking", ("landmark_hit_rate",), False)]
 
 
-def steady_limits(ax, least=0.1):
+def steady_limits(ax, least):
     """A linear axis spans at least `least` of its values' size around them, so that two epochs
-    whose throughput differs by 0.3 % do not fill the panel from bottom to top like a collapse."""
+    whose throughput differs by a few % do not fill the panel from bottom to top like a collapse."""
     low, high = ax.get_ylim()
     size, middle = max(abs(low), abs(high)), (low + high) / 2
     if size > 0 and high - low < least * size:
@@ -263,6 +263,7 @@ def draw_curves(metrics_path, png_path):
     panels = [(title, [k for k in keys if any(k in r for r in rows)], log)
               for title, keys, log in CURVE_PANELS]
     panels = [panel for panel in panels if panel[1]]
+    few = len(rows) <= 3
     # the first panel (the total and its terms) gets the top row, its legend above it in place of a
     # title; the others follow three to a row
     grid_rows = 1 + math.ceil((len(panels) - 1) / 3)
@@ -274,7 +275,9 @@ def draw_curves(metrics_path, png_path):
         for key in keys:
             points = [(r["epoch"], r[key]) for r in rows if key in r and (r[key] > 0 or not log)]
             if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+                # a few epochs are points, not a trend
+                ax.plot(*zip(*points), marker="o", markersize=5 if few else 3,
+                        ls="-" if not few else "none", label=key)
         if log:
             ax.set_yscale("log")
             ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(keys),
@@ -285,7 +288,9 @@ def draw_curves(metrics_path, png_path):
             ax.set_ylabel(title.split(" (")[0], fontsize=8)
             if len(keys) > 1:  # several keys on one axis (the gradient shares): say which is which
                 ax.legend(fontsize=7)
-            steady_limits(ax)
+            steady_limits(ax, 0.5 if few else 0.1)
+        if few:
+            ax.set_xlim(min(r["epoch"] for r in rows) - 0.5, max(r["epoch"] for r in rows) + 0.5)
         ax.set_xlabel("epoch", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     tmp = png_path + ".tmp"

@@ -1109,7 +1109,7 @@ plt.show()
 # ## 13. What a longer run shows: FER2013
 #
 # A half-minute run on synthetic faces does not beat the random trunk (section 9), and neither do the quick
-# start's seven minutes. On real faces pretraining does, from the second epoch on: **FER2013** (28,709 grey
+# start's two minutes. On real faces pretraining does, from the second epoch on: **FER2013** (28,709 grey
 # 48-px training faces, 7 expressions), val = PublicTest (3,589 faces), the tiny preset at `--width 0.5`,
 # a 14-epoch schedule probed along the way. The picture is the repository's `benchmarks/results/fer2013_curve.png`
 # (made by `python benchmarks/learning_curve.py --data fer2013 --baselines --arms <arm> --images 400000`; every
