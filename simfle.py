@@ -147,8 +147,7 @@ def keep_top_patches(scores, num_keep):
     With random scores this is exactly MAE's random masking.
     """
     B, N = scores.shape
-    # most activated first; not differentiable
-    ids_shuffle = torch.argsort(scores, dim=1, descending=True)
+    ids_shuffle = torch.argsort(scores, dim=1, descending=True)  # most activated first; no gradient
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(B, N, device=scores.device)
     mask[:, :num_keep] = 0
@@ -177,8 +176,8 @@ def sincos_pos_embed(dim, grid, cls_token=True):
         out = pos.double()[:, None] * omega[None]
         return torch.cat([out.sin(), out.cos()], dim=1)
     ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    # (N,dim)
-    emb = torch.cat([one_axis(dim // 2, xs.flatten()), one_axis(dim // 2, ys.flatten())], dim=1)
+    half = dim // 2
+    emb = torch.cat([one_axis(half, xs.flatten()), one_axis(half, ys.flatten())], 1)  # (N,dim)
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb])
     return emb.float()
@@ -307,10 +306,11 @@ def barlow_loss(z1, z2, lam):
 
 
 def distillation_loss(w, t, temperature):
-    """KD(w, t) = T²·KL(softmax(t/T) ‖ softmax(w/T)), batch mean (distillation)."""
-    return F.kl_div(F.log_softmax(w.float() / temperature, dim=1),
-                    F.softmax(t.float() / temperature, dim=1),
-                    reduction="batchmean") * temperature ** 2
+    """KD(w, t) = T²·KL(softmax(t/T) ‖ softmax(w/T)), batch mean."""
+    T = temperature
+    kl = F.kl_div(F.log_softmax(w.float() / T, dim=1), F.softmax(t.float() / T, dim=1),
+                  reduction="batchmean")
+    return kl * T ** 2
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -320,8 +320,7 @@ def distillation_loss(w, t, temperature):
 class SimFLEConfig:
     """Every knob of the model; the defaults are the paper's / reference code's numbers."""
     backbone: str = "resnet50"       # resnet18 | resnet34 | resnet50
-    # imagenet (7×7 stride 2 + max-pool) | small (3×3 stride 1, for small images)
-    stem: str = "imagenet"
+    stem: str = "imagenet"           # imagenet (7×7 stride 2, max-pool) | small (3×3 stride 1)
     width: float = 1.0  # channels × width in every ResNet layer (0.5: a narrow ResNet); paper: 1
     gfl: str = "byol"  # GFL two-view method: byol | simclr | barlow (the paper: "modular")
     use_facemae: bool = True         # False: the GFL method alone, the baseline SimFLE beats
@@ -340,10 +339,10 @@ class SimFLEConfig:
     groups: int = 32                 # channel groups G
     head_hidden: int = 4096          # projector / predictor / D-projector hidden width
     head_out: int = 256
-    ema: float = 0.99                # BYOL target momentum, fixed
+    ema: float = 0.99                # BYOL target momentum (the authors': fixed)
+    ema_schedule: str = "fixed"      # fixed | cosine: m rises from ema to 1 over the run (BYOL's)
     kd_temperature: float = 4.0      # distillation temperature T
-    # how L_d opens the path from FaceMAE into the ResNet (docs/departures.md); the paper's: mean,
-    # kd
+    # L_d's path from FaceMAE into the ResNet (docs/departures.md; the paper's: mean, kd)
     # mean: t = sg((u1+u2+v)/3) | ffl: t = sg(v), FaceMAE's feature teaches
     distill_target: str = "mean"
     distill_loss: str = "kd"  # kd: T²·KL of softened outputs | cosine: 2 − 2·cos(w, t), scale-free
@@ -375,6 +374,7 @@ class SimFLEConfig:
             (self.gfl in ("byol", "simclr", "barlow"), "gfl must be byol, simclr or barlow"),
             (self.masking in ("semantic", "random"), "masking must be semantic or random"),
             (self.distill_target in ("mean", "ffl"), "distill_target must be mean or ffl"),
+            (self.ema_schedule in ("fixed", "cosine"), "ema_schedule must be fixed or cosine"),
             (self.distill_loss in ("kd", "cosine"), "distill_loss must be kd or cosine"),
             (0 < self.mask_ratio < 1, "mask_ratio must be in (0, 1)"),
             (self.origin_size % self.patch_size == 0,
@@ -443,11 +443,13 @@ class SimFLE(nn.Module):
         return self.backbone
 
     @torch.no_grad()
-    def update_target(self):
+    def update_target(self, progress=0.0):
         """EMA after each optimizer step (BYOL): target = m·target + (1−m)·online."""
         if self.target_backbone is None:
             return
         m = self.config.ema
+        if self.config.ema_schedule == "cosine":  # BYOL's: to 1, progress = share of the run done
+            m = 1 - (1 - m) * (math.cos(math.pi * progress) + 1) / 2
         for online, target in ((self.backbone, self.target_backbone), (self.projector,
                                                                        self.target_projector)):
             for po, pt in zip(online.parameters(), target.parameters()):

@@ -94,9 +94,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
 
-    def step(self, batch, lr, measure_shares=False):
+    def step(self, batch, lr, measure_shares=False, progress=0.0):
         """Augment on the device, forward, check, backward, SGD, EMA (paper §3): -> the loss parts
-        as floats, with each loss term's share of the ResNet's gradient when measure_shares."""
+        as floats, with each loss term's share of the ResNet's gradient when measure_shares.
+        progress: the share of the run done (the EMA's cosine schedule)."""
         # blur + normalisation, batched
         origin, view1, view2 = data.pretrain_batch(batch, self.device)
         if self.channels_last:
@@ -115,7 +116,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.raw_model.update_target()  # EMA of the target after every optimizer step
+        self.raw_model.update_target(progress)  # EMA of the target after every optimizer step
         return {**values, **shares}
 
     def gradient_shares(self, origin, view1, view2):
@@ -220,7 +221,7 @@ def train_epoch(args, trainer, loader, at, stop, log):
             continue
         lr = learning_rate(args, at.epoch, at.step, steps)
         every = args.grad_share_every
-        values = trainer.step(batch, lr,
+        values = trainer.step(batch, lr, progress=at.step / (args.epochs * steps),
                               measure_shares=every > 0 and (at.step_in_epoch - 1) % every == 0)
         at.step += 1
         tally.add(values, batch[0].shape[0] * setup.world)

@@ -3,8 +3,6 @@ Does pretraining learn, and from which budget? Val accuracy against images seen,
 
     python benchmarks/learning_curve.py --data fer2013 --arms simclr+semantic --seeds 0 1 --images 400000
     python benchmarks/learning_curve.py --data fer2013 --arms byol --seeds 0 --images 400000 --until 8   # part of it
-    python benchmarks/learning_curve.py --data fer2013 --baselines --seeds 0
-    python benchmarks/learning_curve.py --plot-only --out benchmarks/results/fer2013_curve.jsonl
     python benchmarks/learning_curve.py --data fer2013 --arms simclr --baselines --seeds 0 --images 400000 --split test
 
 Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own), stopped at the end
@@ -54,6 +52,8 @@ ARMS = {  # name -> the arm's own train.py options
     "byol": "--gfl byol --use-facemae false",
     "byol+random": "--gfl byol --masking random",
     "byol+semantic": "--gfl byol --masking semantic",
+    "byol+recipe":  # BYOL's small-batch recipe: a higher lr, a warm-up, the EMA ramped to 1
+        "--gfl byol --use-facemae false --lr 0.1 --warmup-epochs 1 --ema-schedule cosine",
     "simclr": "--gfl simclr --use-facemae false",
     "simclr+random": "--gfl simclr --masking random",
     "simclr+semantic": "--gfl simclr --masking semantic",

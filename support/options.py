@@ -26,7 +26,8 @@ QUICK_START = dict(width=0.5, augment="device")
 # the values SimFLEConfig.validate accepts for its text fields, listed by --help
 CONFIG_CHOICES = {"backbone": ("resnet18", "resnet34", "resnet50"), "stem": ("imagenet", "small"),
                   "gfl": ("byol", "simclr", "barlow"), "masking": ("semantic", "random"),
-                  "distill_target": ("mean", "ffl"), "distill_loss": ("kd", "cosine")}
+                  "distill_target": ("mean", "ffl"), "distill_loss": ("kd", "cosine"),
+                  "ema_schedule": ("fixed", "cosine")}
 
 # ----------------------------------------------------------------------------- options
 

@@ -456,3 +456,21 @@ def test_cosine_distillation_is_scale_free():
     for bad in (dict(distill_target="gfl"), dict(distill_loss="mse")):
         with pytest.raises(ValueError):
             tiny(**bad)
+
+
+def test_ema_cosine_schedule_rises_from_ema_to_one():
+    """BYOL's schedule: m = 1 − (1 − ema)·(cos(π·progress) + 1)/2, so ema at the start, the mean of
+    ema and 1 halfway, and 1 (target frozen) at the end; the authors' fixed m ignores progress."""
+    for schedule, progress, m in (("cosine", 0.0, 0.99), ("cosine", 0.5, 0.995), ("cosine", 1.0, 1.0),
+                                  ("fixed", 0.7, 0.99)):
+        torch.manual_seed(0)
+        model = SimFLE(SimFLEConfig.preset("tiny", use_facemae=False, ema_schedule=schedule))
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                p.add_(1.0)
+        before = [p.clone() for p in model.target_backbone.parameters()]
+        model.update_target(progress)
+        for pt, t0, po in zip(model.target_backbone.parameters(), before, model.backbone.parameters()):
+            torch.testing.assert_close(pt, m * t0 + (1 - m) * po, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ema_schedule"):
+        SimFLEConfig.preset("tiny", ema_schedule="linear")
