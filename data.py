@@ -241,9 +241,9 @@ class _Seeded(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        """i: an index, or (epoch, index) — the form train.py's sampler uses, because a persistent
-        DataLoader worker holds its own copy of this dataset, which set_epoch in the main process
-        does not reach."""
+        """i: an index, or (epoch, index) — the form the sampler of train.py's loader uses, because
+        a persistent DataLoader worker holds its own copy of this dataset, which set_epoch in the
+        main process does not reach."""
         epoch, i = i if isinstance(i, tuple) else (self.epoch, i)
         try:
             img, label, landmarks = self.base[i]

@@ -13,8 +13,7 @@ from support.common import HelpFormatter, str2bool
 from support.observe import tensorboard_writer
 from support.run import check_same_model, resume_options
 
-# training defaults per preset (the paper: batch 256, 100 epochs; tiny: a few minutes on a laptop
-# CPU)
+# training defaults per preset (the paper: batch 256, 100 epochs; tiny: minutes on a laptop CPU)
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
                   "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
 # options that belong to this invocation, never taken from a checkpoint on --resume

@@ -1,5 +1,6 @@
-"""SimCLR and Barlow Twins over several processes (gather_batch): two gloo processes on the CPU compute the loss of
-the global batch, and DDP's mean of their gradients is the gradient of one process on that whole batch."""
+"""SimCLR and Barlow Twins over several processes (gather_batch): two gloo processes on the CPU
+compute the loss of the global batch, and DDP's mean of their gradients is the gradient of one
+process on that whole batch."""
 import functools
 import os
 
@@ -19,7 +20,8 @@ def losses():
 
 
 def global_batch():
-    """The same global batch and projection on every process: inputs (WORLD·B, D_IN) x2 and a Linear to D."""
+    """The same global batch and projection on every process: inputs (WORLD·B, D_IN) x2 and a Linear
+    to D."""
     g = torch.Generator().manual_seed(0)
     x1, x2 = torch.randn(WORLD * B, D_IN, generator=g), torch.randn(WORLD * B, D_IN, generator=g)
     weight = torch.randn(D, D_IN, generator=g)
@@ -44,7 +46,8 @@ def worker(rank, init_file, out_dir):
         results = {}
         for name in losses():
             loss, g1, g2, gw = one_pass(name, x1[mine], x2[mine], weight)
-            dist.all_reduce(gw)  # what DDP does with the weights' gradients: the mean over processes
+            # what DDP does with the weights' gradients: the mean over processes
+            dist.all_reduce(gw)
             results[name] = (loss, g1, g2, gw / WORLD)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -52,13 +55,14 @@ def worker(rank, init_file, out_dir):
 
 
 def test_gathered_losses_equal_one_process_on_the_global_batch(tmp_path):
-    """Each of 2 processes holds 6 of 12 pairs: its loss is the 12-pair loss of one process, its embeddings'
-    gradient world × the 12-pair gradient's rows (DDP then divides by world), and the projection's gradient
-    averaged as DDP averages it is the one-process gradient."""
+    """Each of 2 processes holds 6 of 12 pairs: its loss is the 12-pair loss of one process, its
+    embeddings' gradient world × the 12-pair gradient's rows (DDP then divides by world), and the
+    projection's gradient averaged as DDP averages it is the one-process gradient."""
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     x1, x2, weight = global_batch()
     for name in losses():
-        loss, g1, g2, gw = one_pass(name, x1, x2, weight)  # no process group: one process, the whole batch
+        # no process group: one process, the whole batch
+        loss, g1, g2, gw = one_pass(name, x1, x2, weight)
         for rank in range(WORLD):
             r_loss, r_g1, r_g2, r_gw = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[name]
             mine = slice(rank * B, (rank + 1) * B)
@@ -70,7 +74,8 @@ def test_gathered_losses_equal_one_process_on_the_global_batch(tmp_path):
 
 @pytest.mark.parametrize("name", ["simclr", "barlow"])
 def test_one_process_is_untouched_by_the_gathering(name):
-    """Without a process group gather_batch hands back the very tensor, so the loss is today's, bit for bit."""
+    """Without a process group gather_batch hands back the very tensor, so the loss is today's, bit
+    for bit."""
     z = torch.randn(4, D, requires_grad=True)
     assert simfle.gather_batch(z) is z
     z1, z2 = torch.randn(8, D), torch.randn(8, D)

@@ -289,15 +289,17 @@ def test_curve_table_and_picture_from_rows(tmp_path):
         learning_curve.append_row(path, r)
     learning_curve.draw(path)
     table = open(tmp_path / "curve.md").read()
-    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 | – |" in table  # mean ± std over the seeds
+    # mean ± std over the seeds
+    assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 | – |" in table
     assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 32.0 / 27.0 | 30.0 / 24.5 / 44.0 | 25.0 |" in table
     assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | – | 46.0 / 24.5 / 44.0 |" in table
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_held_out_faces_copied_from_train_are_found_counted_and_left_out(tmp_path, capsys):
-    """Two PublicTest faces are Training faces saved again (one brighter by a few levels, still a near-exact copy);
-    prepare_fer2013 counts and lists them, eval.py scores the split with and without them."""
+    """Two PublicTest faces are Training faces saved again (one brighter by a few levels, still a
+    near-exact copy); prepare_fer2013 counts and lists them, eval.py scores the split with and
+    without them."""
     src = tmp_path / "src"
     layout = [("train", c, f"Training_{k}.png") for k, c in enumerate(prepare.CLASSES * 2)]
     layout += [("test", c, f"PublicTest_{k}.png") for k, c in enumerate(prepare.CLASSES)]
@@ -315,7 +317,8 @@ def test_held_out_faces_copied_from_train_are_found_counted_and_left_out(tmp_pat
     train_base, val = (data.get_dataset("fer2013", tmp_path, s) for s in ("train", "val"))
     mask, nearest = data.near_duplicates(train_base, val)
     assert mask.tolist() == [False, True, False, False, True, False, False] and nearest[[1, 4]].tolist() == [3, 11]
-    assert data.near_duplicates(data.random_subset(train_base, 5), val) is None  # not held in memory: not checked
+    # not held in memory: not checked
+    assert data.near_duplicates(data.random_subset(train_base, 5), val) is None
     out = tmp_path / "eval"
     assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--split", "val",
                          "--mode", "knn", "--out", str(out)]) == 0

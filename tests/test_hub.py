@@ -1,5 +1,6 @@
-"""Sharing a trunk: eval.py --export writes it alone, and torch.hub (hubconf.py) gives it back as a torchvision ResNet
-that computes the same features, from the exported file or from a whole train.py last.pt."""
+"""Sharing a trunk: eval.py --export writes it alone, and torch.hub (hubconf.py) gives it back as a
+torchvision ResNet that computes the same features, from the exported file or from a whole train.py
+last.pt."""
 import ast
 import json
 import os
@@ -16,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def a_checkpoint(path, **overrides):
-    """A train.py last.pt of a tiny model whose trunk is unlike a fresh one (weights and BatchNorm statistics
-    moved), written as train.py writes it: -> the model."""
+    """A train.py last.pt of a tiny model whose trunk is unlike a fresh one (weights and BatchNorm
+    statistics moved), written as train.py writes it: -> the model."""
     cfg = SimFLEConfig.preset("tiny", **overrides)
     torch.manual_seed(1)
     model = SimFLE(cfg)

@@ -1,5 +1,6 @@
-"""`python train.py` is the quick start: the tiny preset narrowed (width 0.5) with device views, the paper's
-masking geometry kept; `--preset tiny` and every option given explicitly stay as they were."""
+"""`python train.py` is the quick start: the tiny preset narrowed (width 0.5) with device views, the
+paper's masking geometry kept; `--preset tiny` and every option given explicitly stay as they were.
+"""
 import dataclasses
 
 import train
@@ -10,7 +11,8 @@ def test_the_quick_start_is_the_tiny_preset_narrowed_with_the_papers_masking_geo
     args = train.parse_args([])
     cfg, tiny = args.config, SimFLEConfig.preset("tiny")
     assert args.preset == "tiny" and args.data == "synthetic" and args.probe and args.augment == "device"
-    assert cfg == dataclasses.replace(tiny, width=0.5)  # the width alone differs from the tiny preset
+    # the width alone differs from the tiny preset
+    assert cfg == dataclasses.replace(tiny, width=0.5)
     assert (cfg.origin_size, cfg.patch_size, cfg.num_patches, cfg.num_visible) == (112, 16, 49, 12)
     assert cfg.backbone_channels == 256 and cfg.backbone_channels % cfg.groups == 0
     assert (args.epochs, args.batch_size) == (2, 64)  # the training budget is the tiny preset's

@@ -1,4 +1,5 @@
-"""The requirements install what a newcomer needs and never downgrade what is there: floors, no caps."""
+"""The requirements install what a newcomer needs and never downgrade what is there: floors, no
+caps."""
 import json
 import os
 import subprocess
@@ -26,22 +27,25 @@ def read(name):
 def test_floors_only_so_a_newer_torch_is_kept():
     runtime, included = read("requirements.txt")
     dev, more = read("requirements-dev.txt")
-    assert included == ["requirements-dev.txt"] and more == []  # one install line gives a newcomer everything
+    # one install line gives a newcomer everything
+    assert included == ["requirements-dev.txt"] and more == []
     assert {r.name for r in runtime} == {"torch", "torchvision", "tqdm"}
     assert {r.name for r in dev} >= {"pytest", "nbclient", "nbformat", "ipykernel", "matplotlib"}
     for r in runtime + dev:
-        # a cap (<, <=, ==, ~=) would make pip replace a newer release; a known-bad one is excluded by name (!=)
+        # a cap (<, <=, ==, ~=) would make pip replace a newer release; a known-bad one is excluded
+        # by name (!=)
         assert {s.operator for s in r.specifier} <= {">=", "!="}, r
         assert r.specifier.contains("99.0"), r
     torch_req = next(r for r in runtime if r.name == "torch")
-    assert torch_req.specifier.contains(torch.__version__.split("+")[0])  # the torch the tests run on
+    # the torch the tests run on
+    assert torch_req.specifier.contains(torch.__version__.split("+")[0])
 
 
 @pytest.mark.slow
 def test_pip_keeps_a_newer_torch(tmp_path):
-    """pip's resolver, offline, where torch and torchvision 99.0 are installed (their metadata, first on the path,
-    with no pip configuration but ours): nothing to install, so nothing downgraded. With a cap it would have to
-    install an older torchvision, and fail to find one."""
+    """pip's resolver, offline, where torch and torchvision 99.0 are installed (their metadata,
+    first on the path, with no pip configuration but ours): nothing to install, so nothing
+    downgraded. With a cap it would have to install an older torchvision, and fail to find one."""
     newer = tmp_path / "site"
     for name in ("torch", "torchvision"):
         info = newer / f"{name}-99.0.dist-info"

@@ -1,5 +1,5 @@
-"""No run is lost: train.py refuses an --out that holds another run unless told (--resume, --overwrite), and
-config.json says which commit of the code made the run."""
+"""No run is lost: train.py refuses an --out that holds another run unless told (--resume,
+--overwrite), and config.json says which commit of the code made the run."""
 import json
 import os
 import subprocess
@@ -34,7 +34,8 @@ def test_a_folder_with_another_run_is_refused_unless_resumed_or_overwritten(tmp_
     # --resume continues it (here for one more epoch)
     assert train.cli(["--resume", os.path.join(out, "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0
     assert [r["epoch"] for r in rows(out)] == [1, 2]
-    # --overwrite starts it afresh: the old metrics are gone, not appended to, and the new run's curves drawn alone
+    # --overwrite starts it afresh: the old metrics are gone, not appended to, and the new run's
+    # curves drawn alone
     assert train.cli(QUICK + ["--out", out, "--seed", "1", "--overwrite"]) == 0
     assert [r["epoch"] for r in rows(out)] == [1]
     assert train.load_checkpoint(os.path.join(out, "last.pt"))["step"] == 2

@@ -42,7 +42,7 @@
 # the one place to set it, and uses the GPU when there is one (it never reinstalls torch). **Locally**:
 # `pip install -r requirements.txt jupyterlab`, then open `tutorial.ipynb` from the repository's folder (or in
 # VS Code); `REPO_URL` is not needed. Section 11 has six exercises, each graded by a checker: **you** write
-# six pieces of `simfle.py`, among them NT-Xent, the loss that learns.
+# five functions of `simfle.py` and its EMA update, among them NT-Xent, the loss that learns.
 
 # %% [markdown] tags=["instructor"]
 # *For instructors*: the answers are in `tutorial/solutions.py`; `python tutorial/make.py --student DIR`
@@ -699,7 +699,7 @@ print(f"same face {same:.3f} vs other faces {others:.3f}; cosine between two dif
 #
 # Thirty steps are a glimpse, not a result. The channels have begun to separate, but nothing yet ties a group
 # to a landmark, and the landmark hit rate has hardly moved; it stays near the fixed central mask. Over the
-# quick start's longer run it *falls* (from 46 % towards 33 %), and over 30 epochs it climbs back to the
+# quick start's run as it was before it was narrowed (7 minutes) it *falls* (from 46 % towards 33 %), and over 30 epochs it climbs back to the
 # untrained level on average (`benchmarks/README.md`, *The mechanism*).
 
 # %% [markdown]
@@ -853,7 +853,7 @@ display(Image(filename=os.path.join(run_dir, "curves.png"), width=900))
 # %% [markdown]
 # ## 11. Exercises
 #
-# **Implement it.** Six pieces of the paper, each a piece of `simfle.py` that you write yourself from the
+# **Implement it.** Six pieces of the paper (five functions of `simfle.py` and its EMA update) that you write from the
 # paper's description; the sixth, NT-Xent, is the loss that does the learning. Fill in the stub (replace
 # `raise NotImplementedError`), run its cell, then run the checker below it: `exercises.check` runs cases
 # modelled on the project's tests (`tests/test_simfle.py`: exact mask counts, which patches stay visible, the
@@ -1135,7 +1135,7 @@ plt.show()
 # | supervised, same images, seed 0 | 36.2 / 37.4 | 39.3 / 42.9 | 45.4 / 47.0 | 49.6 / 51.4 | 52.2 / 54.3 |
 # | random trunk, seeds 0 to 2 | 32.9 ± 1.5 / 33.8 ± 0.5 | | | | |
 #
-# (The table is the README's, section *Does it learn?*, where the few-label table and the test split are too.)
+# (The README's *Does it learn?* has this table with fewer rows, the test split and the few-label figures.)
 # SimFLE with SimCLR beats the random trunk from epoch 2 on, for three seeds. **The credit goes to the GFL**:
 # SimCLR alone matches SimFLE at every budget in a third of its CPU time per image, random masking matches
 # semantic masking, and BYOL, the paper's GFL, stays below the random trunk through 8 epochs, alone or in
