@@ -37,8 +37,8 @@ def write_text(path, text):
 
 
 def fer_row(emotion, usage, seed):
-    return f"{emotion}," + " ".join(map(str, np.random.default_rng(seed).integers(0, 256,
-                                                                                  48 * 48))) + f",{usage}\n"
+    pixels = np.random.default_rng(seed).integers(0, 256, 48 * 48)
+    return f"{emotion}," + " ".join(map(str, pixels)) + f",{usage}\n"
 
 
 FER_ROWS = [(0, "Training"), (3, "Training"), (6, "Training"), (2, "PublicTest"), (5, "PublicTest"),
@@ -62,16 +62,17 @@ def make_fer(root, rows=FER_ROWS):
 def make_ferplus(root):
     make_fer(root)
     write_text(os.path.join(root, "fer2013new.csv"),
-               "Usage,Image "
-               "name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\r\n" + "".join(
-                   f"{u},fer{k:07d}.png,{VOTES[k]}\r\n" for k, (_, u) in enumerate(FER_ROWS)))
+               "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+               "unknown,NF\r\n"
+               + "".join(f"{u},fer{k:07d}.png,{VOTES[k]}\r\n" for k, (_, u) in enumerate(FER_ROWS)))
 
 
 def landmark_text(seed):
     return ";".join(f"{x:.2f}" for x in np.random.default_rng(seed).uniform(5, 40, 136))
 
 
-AFFECT_HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+AFFECT_HEADER = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
+                 "expression,valence,arousal\n")
 
 
 def make_affectnet(root, train_labels=(0, 1, 7, 8, 9, 10, 6), val_labels=(3, 7, 4)):
@@ -174,8 +175,8 @@ def test_affectnet(tmp_path, classes):
     # the face box (x 10, y 5, 30 x 40) is cropped and the landmarks follow it
     pixels = np.array(Image.open(tmp_path / "Manually_Annotated_Images" / "2" / "t1.png"))
     assert torch.equal(img, torch.from_numpy(pixels[5:45, 10:40]).permute(2, 0, 1))
-    expected = torch.tensor([float(x) for x in landmark_text(1).split(";")]).view(68,
-                                                                                  2) - torch.tensor([10.0, 5.0])
+    marks = torch.tensor([float(x) for x in landmark_text(1).split(";")]).view(68, 2)
+    expected = marks - torch.tensor([10.0, 5.0])
     assert landmarks.shape == (68, 2) and torch.allclose(landmarks, expected)
 
 
@@ -216,8 +217,8 @@ def test_default_root_is_data_slash_name(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("rafdb", "basic/EmoLabel/list_patition_label.txt"), ("ferplus", "fer2013new.csv"), ("fer2013",
-                                                                                         "fer2013.csv"),
+    ("rafdb", "basic/EmoLabel/list_patition_label.txt"), ("ferplus", "fer2013new.csv"),
+    ("fer2013", "fer2013.csv"),
     ("affectnet7", "Manually_Annotated_file_lists/training.csv"), ("affectnet8",
                                                                    "Manually_Annotated_Images"),
     ("sfew", "Train/<Class>/"), ("folder", "train/<class>/"), ("images", "*.jpg")])
@@ -226,7 +227,8 @@ def test_missing_root_message(tmp_path, name, expected):
     with pytest.raises(data.DatasetError) as err:
         data.get_dataset(name, root)
     message = str(err.value)
-    assert name in message and expected in message and str(root) in message and "Obtain it from" in message
+    assert name in message and expected in message and str(root) in message
+    assert "Obtain it from" in message
 
 
 def test_wrong_layout_message(tmp_path):
@@ -250,7 +252,8 @@ def test_label_out_of_range(tmp_path):
     make_rafdb_basic(tmp_path, ["train_00001.jpg 5", "train_00002.jpg 1", "train_00003.jpg 9"])
     with pytest.raises(data.DatasetError) as err:
         data.get_dataset("rafdb", tmp_path)
-    assert "list_patition_label.txt, line 3" in str(err.value) and "9 out of range 1..7" in str(err.value)
+    assert "list_patition_label.txt, line 3" in str(err.value)
+    assert "9 out of range 1..7" in str(err.value)
 
 
 def test_malformed_rows_name_file_and_line(tmp_path):
@@ -389,7 +392,8 @@ def test_synthetic_classes_landmarks_and_size():
         assert lm.min() >= 0 and lm.max() <= 64  # every landmark inside the image
         # meaning, not only shape: (rotation is at most 15 degrees)
         x, y = {n: p[0] for n, p in zip(names, lm)}, {n: p[1] for n, p in zip(names, lm)}
-        assert x["eye_left_outer"] < x["eye_left_inner"] < x["eye_right_inner"] < x["eye_right_outer"]
+        assert (x["eye_left_outer"] < x["eye_left_inner"] < x["eye_right_inner"]
+                < x["eye_right_outer"])
         assert y["brow_left_inner"] < y["eye_left_centre"] < y["nose_tip"] < y["lower_lip"]
         assert y["upper_lip"] < y["lower_lip"] and x["mouth_left"] < x["mouth_right"]
 
@@ -418,8 +422,8 @@ def test_pretrain_view_deterministic_per_seed_epoch_index():
     state = torch.get_rng_state()
     origin, v1, v2_, sigma = view[5]
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
-    assert origin.shape == (3, 112, 112) and v1.shape == v2_.shape == (3, 64,
-                                                                       64) and v1.dtype == torch.uint8
+    assert origin.shape == (3, 112, 112) and v1.shape == v2_.shape == (3, 64, 64)
+    assert v1.dtype == torch.uint8
     assert torch.equal(origin, base[5][0])  # origin: resize only (here 112 -> 112)
     assert sigma.shape == (2,) and ((sigma >= 0.1 * 64 / 224) & (sigma <= 2.0 * 64 / 224)).all()
     again = data.PretrainView(base, view_size=64, origin_size=112, seed=3)[5]

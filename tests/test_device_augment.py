@@ -42,8 +42,8 @@ def test_pretrain_and_probe_batch():
     batch, skipped = data.collate([data.PretrainView(base, 32, 24)[i] for i in range(4)] + [None])
     assert skipped == 1
     origin, v1, v2_ = data.pretrain_batch(batch, torch.device("cpu"))
-    assert origin.shape == (4, 3, 24, 24) and v1.shape == v2_.shape == (4, 3, 32,
-                                                                        32) and v1.dtype == torch.float32
+    assert origin.shape == (4, 3, 24, 24) and v1.shape == v2_.shape == (4, 3, 32, 32)
+    assert v1.dtype == torch.float32
     assert torch.allclose(v1, data.gaussian_blur(data.normalize(batch[1]), batch[3][:, 0]))
     assert torch.allclose(origin, data.normalize(batch[0]))
     batch, _ = data.collate([data.ProbeView(base, 16, train=False)[i] for i in range(4)])
@@ -59,9 +59,8 @@ def test_pretrain_and_probe_batch():
 
 
 def quantiles(x):
-    return torch.quantile(torch.as_tensor(x, dtype=torch.float64), torch.tensor([0.1, 0.25, 0.5,
-                                                                                 0.75, 0.9],
-                                                                                dtype=torch.float64))
+    levels = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    return torch.quantile(torch.as_tensor(x, dtype=torch.float64), levels)
 
 
 @pytest.mark.parametrize("H,W,scale", [(100, 100, 0.08), (60, 200, 0.08), (112, 90, 0.3)])
@@ -74,12 +73,12 @@ def test_batched_crops_follow_random_resized_crop(H, W, scale):
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
     assert (h > 0).all() and (w > 0).all()
     img = torch.zeros(3, H, W)
-    ref = torch.tensor([v2.RandomResizedCrop.get_params(img, [scale, 1.0], [3 / 4,
-                                                                            4 / 3]) for _ in range(n)]).T
-    for mine, theirs in ((h * w / (H * W), ref[2] * ref[3] / (H * W)), ((w / h).log(),
-                                                                        (ref[3] / ref[2]).log()),
-                         ((top + h / 2) / H, (ref[0] + ref[2] / 2) / H), ((left + w / 2) / W,
-                                                                          (ref[1] + ref[3] / 2) / W)):
+    ref = torch.tensor([v2.RandomResizedCrop.get_params(img, [scale, 1.0], [3 / 4, 4 / 3])
+                        for _ in range(n)]).T
+    for mine, theirs in ((h * w / (H * W), ref[2] * ref[3] / (H * W)),
+                         ((w / h).log(), (ref[3] / ref[2]).log()),
+                         ((top + h / 2) / H, (ref[0] + ref[2] / 2) / H),
+                         ((left + w / 2) / W, (ref[1] + ref[3] / 2) / W)):
         torch.testing.assert_close(quantiles(mine), quantiles(theirs), atol=0.04, rtol=0)
 
 
@@ -97,9 +96,8 @@ def test_batched_crop_falls_back_to_torchvision_centre_crop():
     assert boxes.tolist() == expected  # the last: (202 - 27) // 2 = 87, not round(87.5) = 88
 
 
-@pytest.mark.parametrize("op,theirs", [(0, F.adjust_brightness), (1, F.adjust_contrast), (2,
-                                                                                          F.adjust_saturation),
-                                       (3, F.adjust_hue)])
+@pytest.mark.parametrize("op,theirs", [(0, F.adjust_brightness), (1, F.adjust_contrast),
+                                       (2, F.adjust_saturation), (3, F.adjust_hue)])
 def test_batched_colour_ops_are_torchvisions(op, theirs):
     torch.manual_seed(0)
     x = torch.rand(5, 3, 9, 7)
@@ -140,9 +138,8 @@ def test_render_views_crops_flips_and_colours_as_told():
     sizes = torch.tensor([[100, 100], [100, 100], [100, 50]])
     p = dict(box=torch.tensor([[0, 0, 100, 100], [0, 0, 100, 100], [50, 0, 50, 25]]),
              flip=torch.tensor([False, True, False]), jitter=torch.zeros(3, dtype=torch.bool),
-             factors=torch.ones(3, 4), order=torch.arange(4).repeat(3, 1), gray=torch.tensor([False,
-                                                                                              False,
-                                                                                              True]))
+             factors=torch.ones(3, 4), order=torch.arange(4).repeat(3, 1),
+             gray=torch.tensor([False, False, True]))
     views = data.render_views(source, sizes, p, 32)
     x = source.float() / 255
     # the whole image at its own size: unchanged

@@ -64,12 +64,17 @@ def test_gathered_losses_equal_one_process_on_the_global_batch(tmp_path):
         # no process group: one process, the whole batch
         loss, g1, g2, gw = one_pass(name, x1, x2, weight)
         for rank in range(WORLD):
-            r_loss, r_g1, r_g2, r_gw = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[name]
+            r_loss, r_g1, r_g2, r_gw = torch.load(tmp_path / f"rank{rank}.pt",
+                                                  weights_only=True)[name]
             mine = slice(rank * B, (rank + 1) * B)
-            torch.testing.assert_close(r_loss, loss, rtol=1e-6, atol=1e-7, msg=f"{name} loss, rank {rank}")
-            torch.testing.assert_close(r_g1, WORLD * g1[mine], rtol=1e-5, atol=1e-7, msg=f"{name} ∂z1, rank {rank}")
-            torch.testing.assert_close(r_g2, WORLD * g2[mine], rtol=1e-5, atol=1e-7, msg=f"{name} ∂z2, rank {rank}")
-            torch.testing.assert_close(r_gw, gw, rtol=1e-5, atol=1e-6, msg=f"{name} ∂weight, rank {rank}")
+            torch.testing.assert_close(r_loss, loss, rtol=1e-6, atol=1e-7,
+                                       msg=f"{name} loss, rank {rank}")
+            torch.testing.assert_close(r_g1, WORLD * g1[mine], rtol=1e-5, atol=1e-7,
+                                       msg=f"{name} ∂z1, rank {rank}")
+            torch.testing.assert_close(r_g2, WORLD * g2[mine], rtol=1e-5, atol=1e-7,
+                                       msg=f"{name} ∂z2, rank {rank}")
+            torch.testing.assert_close(r_gw, gw, rtol=1e-5, atol=1e-6,
+                                       msg=f"{name} ∂weight, rank {rank}")
 
 
 @pytest.mark.parametrize("name", ["simclr", "barlow"])
@@ -82,9 +87,12 @@ def test_one_process_is_untouched_by_the_gathering(name):
     if name == "simclr":  # NT-Xent written out without gather_batch
         z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
         logits = (z @ z.T / 0.1).fill_diagonal_(float("-inf"))
-        expected = torch.nn.functional.cross_entropy(logits, torch.cat([torch.arange(8, 16), torch.arange(8)]))
+        partners = torch.cat([torch.arange(8, 16), torch.arange(8)])
+        expected = torch.nn.functional.cross_entropy(logits, partners)
     else:
         a, b = ((v - v.mean(0)) / (v.std(0) + 1e-6) for v in (z1, z2))
         c = a.T @ b / 8
-        expected = (torch.diagonal(c) - 1).pow(2).sum() + 0.0051 * (c.pow(2).sum() - torch.diagonal(c).pow(2).sum())
+        diagonal = torch.diagonal(c)
+        on, off = (diagonal - 1).pow(2).sum(), c.pow(2).sum() - diagonal.pow(2).sum()
+        expected = on + 0.0051 * off
     assert torch.equal(losses()[name](z1, z2), expected)

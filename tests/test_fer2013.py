@@ -64,7 +64,8 @@ def test_a_name_without_usage_takes_it_from_its_split_folder(tmp_path, capsys):
     make_folders(tmp_path / "src", [("train", "angry", "im0.jpg"), ("val", "happy", "im1.jpg"),
                                     ("test", "sad", "im2.jpg")])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0
-    assert "3 file names had no Training_/PublicTest_/PrivateTest_ prefix" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 file names had no Training_/PublicTest_/PrivateTest_ prefix" in out
     rows = open(tmp_path / "out" / "fer2013.csv").read().splitlines()[1:]
     assert [r.split(",")[2] for r in rows] == ["Training", "PublicTest", "PrivateTest"]
 
@@ -95,7 +96,8 @@ def test_unreadable_images_are_skipped_named_and_counted(tmp_path, capsys):
     bad.write_bytes(b"not a jpeg")
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert f"skipped (cannot be decoded): {bad}" in out and "skipped 1 unreadable images of 9" in out
+    assert f"skipped (cannot be decoded): {bad}" in out
+    assert "skipped 1 unreadable images of 9" in out
     assert len(data.get_dataset("fer2013", tmp_path / "out", "train")) == 4
 
 
@@ -116,16 +118,16 @@ def test_labels_per_class_is_balanced_seeded_and_a_subset():
 
 
 def test_eval_labels_per_class_draws_only_from_the_train_split(tmp_path, monkeypatch):
-    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k,
-                                    c in enumerate(prepare.CLASSES * 3)]
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg")
+                                    for k, c in enumerate(prepare.CLASSES * 3)]
                  + [("test", c, f"PrivateTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     drawn = []
     real = data.labels_per_class
-    monkeypatch.setattr(data, "labels_per_class", lambda d, n, seed: drawn.append((len(d), n,
-                                                                                   seed)) or real(d,
-                                                                                                  n,
-                                                                                                  seed))
+    def labels_per_class(d, n, seed):
+        drawn.append((len(d), n, seed))
+        return real(d, n, seed)
+    monkeypatch.setattr(data, "labels_per_class", labels_per_class)
     out = tmp_path / "eval"
     assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--mode",
                          "linear",
@@ -169,8 +171,8 @@ def test_finetune_trains_the_trunk_and_scores_each_epoch_or_the_last_only():
 
 def test_few_labels_table_compares_the_trunks_on_the_same_class_balanced_labels(tmp_path):
     import few_labels
-    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg") for k,
-                                    c in enumerate(prepare.CLASSES * 4)]
+    make_folders(tmp_path / "src", [("train", c, f"Training_{k}.jpg")
+                                    for k, c in enumerate(prepare.CLASSES * 4)]
                  + [("test", c, f"PublicTest_{k}.jpg") for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     run = tmp_path / "run"
@@ -243,6 +245,7 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
                     for k, c in enumerate(prepare.CLASSES)])
     assert prepare.main(["--from", str(tmp_path / "src"), "--out", str(tmp_path / "fer2013")]) == 0
     out = str(tmp_path / "curve.jsonl")
+    simclr_ckpt = tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"
     common = ["--data", "fer2013", "--root", str(tmp_path), "--arms", "simclr,supervised",
               "--batch-size", "7",
               "--epochs", "4", "--options", "--width 0.25", "--runs", str(tmp_path / "runs"),
@@ -250,14 +253,14 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
     assert learning_curve.main(common + ["--until", "2"]) == 0
     assert [(r["arm"], r["epoch"]) for r in learning_curve.read_rows(out)] == [
         ("simclr", 1), ("simclr", 2), ("supervised", 1), ("supervised", 2)]
-    assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 2 * 4
+    assert evaluate.load_checkpoint(str(simclr_ckpt))["step"] == 2 * 4
     # the rest of the budget: epoch 4 only, from the checkpoints
     assert learning_curve.main(common) == 0
     rows = learning_curve.read_rows(out)
     assert [(r["arm"], r["epoch"]) for r in rows[4:]] == [("simclr", 4), ("supervised", 4)]
     # 28 faces, batch 7: 4 steps an epoch
     assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2
-    assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
+    assert evaluate.load_checkpoint(str(simclr_ckpt))["step"] == 4 * 4
     with pytest.raises(SystemExit):  # test rows never go into the val file
         learning_curve.main(common + ["--split", "test"])
     test_out = str(tmp_path / "curve_test.jsonl")
@@ -269,7 +272,7 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
             ("pixels 32x32", 0, "test"),
             # the checkpoints as they stood: nothing trained
             ("simclr", 4, "test"), ("supervised", 4, "test")]
-    assert evaluate.load_checkpoint(str(tmp_path / "runs" / "fer2013-simclr-s0" / "last.pt"))["step"] == 4 * 4
+    assert evaluate.load_checkpoint(str(simclr_ckpt))["step"] == 4 * 4
     assert "test linear probe" in open(str(tmp_path / "curve_test.md")).read()
     with pytest.raises(SystemExit, match="no checkpoint"):
         learning_curve.main(read_test + ["--arms", "byol", "--out", str(tmp_path / "other.jsonl")])
@@ -280,10 +283,13 @@ def test_curve_table_and_picture_from_rows(tmp_path):
     rows = [{"arm": "random trunk", "seed": 0, "epoch": 0, "images": 0, "linear": 0.25, "knn": 0.2},
             {"arm": "simclr", "seed": 0, "epoch": 1, "images": 100, "linear": 0.2, "knn": 0.21},
             {"arm": "simclr", "seed": 1, "epoch": 1, "images": 100, "linear": 0.3, "knn": 0.23},
-            {"arm": "simclr", "seed": 0, "epoch": 2, "images": 200, "linear": 0.4, "knn": 0.3, "hit_rate": 0.3,
-             "hit_rate_random": 0.245, "hit_rate_central": 0.44, "linear_dedup": 0.32, "knn_dedup": 0.27,
+            {"arm": "simclr", "seed": 0, "epoch": 2, "images": 200, "linear": 0.4, "knn": 0.3,
+             "hit_rate": 0.3,
+             "hit_rate_random": 0.245, "hit_rate_central": 0.44, "linear_dedup": 0.32,
+             "knn_dedup": 0.27,
              "ffl_grad_share": 0.25},
-            {"arm": "semantic masking, untrained", "seed": 0, "epoch": 0, "images": 0, "hit_rate": 0.46,
+            {"arm": "semantic masking, untrained", "seed": 0, "epoch": 0, "images": 0,
+             "hit_rate": 0.46,
              "hit_rate_random": 0.245, "hit_rate_central": 0.44}]
     for r in rows:
         learning_curve.append_row(path, r)
@@ -291,7 +297,8 @@ def test_curve_table_and_picture_from_rows(tmp_path):
     table = open(tmp_path / "curve.md").read()
     # mean ± std over the seeds
     assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 | – |" in table
-    assert "| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 32.0 / 27.0 | 30.0 / 24.5 / 44.0 | 25.0 |" in table
+    assert ("| simclr | 2 | 200 | 1 | 40.0 | 30.0 | 32.0 / 27.0 | 30.0 / 24.5 / 44.0 | 25.0 |"
+            in table)
     assert "| semantic masking, untrained | 0 | 0 | 1 | – | – | – | 46.0 / 24.5 / 44.0 |" in table
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -307,23 +314,28 @@ def test_held_out_faces_copied_from_train_are_found_counted_and_left_out(tmp_pat
         os.makedirs(src / split / cls, exist_ok=True)
         pixels = face(k)
         if name in ("PublicTest_1.png", "PublicTest_4.png"):  # copies of Training_3 and Training_11
-            pixels = face(3) if name == "PublicTest_1.png" else np.clip(face(11).astype(int) + 3, 0, 255)
+            brighter = np.clip(face(11).astype(int) + 3, 0, 255)
+            pixels = face(3) if name == "PublicTest_1.png" else brighter
         Image.fromarray(pixels.astype(np.uint8)).save(src / split / cls / name)
     assert prepare.main(["--from", str(src), "--out", str(tmp_path / "fer2013")]) == 0
-    assert "PublicTest (val): 2 of 7 faces (28.6 %) have a near-exact copy in Training" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PublicTest (val): 2 of 7 faces (28.6 %) have a near-exact copy in Training" in out
     report = json.load(open(tmp_path / "fer2013" / "duplicates.json"))
     assert report["val"]["indices"] == [1, 4] and report["val"]["nearest_training"] == [3, 11]
     assert report["test"]["duplicates"] == 0 and report["threshold"] == data.DUPLICATE_COSINE
     train_base, val = (data.get_dataset("fer2013", tmp_path, s) for s in ("train", "val"))
     mask, nearest = data.near_duplicates(train_base, val)
-    assert mask.tolist() == [False, True, False, False, True, False, False] and nearest[[1, 4]].tolist() == [3, 11]
+    assert mask.tolist() == [False, True, False, False, True, False, False]
+    assert nearest[[1, 4]].tolist() == [3, 11]
     # not held in memory: not checked
     assert data.near_duplicates(data.random_subset(train_base, 5), val) is None
     out = tmp_path / "eval"
-    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path), "--split", "val",
+    assert evaluate.cli(["--ckpt", "random", "--data", "fer2013", "--root", str(tmp_path),
+                         "--split", "val",
                          "--mode", "knn", "--out", str(out)]) == 0
     assert "2 of the val faces have a near-exact copy in train" in capsys.readouterr().out
     r = json.load(open(out / "eval_knn_fer2013_val.json"))
     assert r["held_out_duplicates"] == 2
     pred_right = round(r["accuracy"] * 7)
-    assert 0 <= r["accuracy_deduplicated"] <= 1 and round(r["accuracy_deduplicated"] * 5) <= pred_right
+    assert 0 <= r["accuracy_deduplicated"] <= 1
+    assert round(r["accuracy_deduplicated"] * 5) <= pred_right

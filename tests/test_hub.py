@@ -29,12 +29,14 @@ def a_checkpoint(path, **overrides):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
-    torch.save({"format": evaluate.CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg.to_dict(),
+    torch.save({"format": evaluate.CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "config": cfg.to_dict(),
                 "preset": "tiny", "data": "synthetic", "train": {}}, path)
     return model
 
 
-@pytest.mark.parametrize("overrides", [{}, {"width": 0.5, "stem": "small"}], ids=["resnet18", "narrow-small-stem"])
+@pytest.mark.parametrize("overrides", [{}, {"width": 0.5, "stem": "small"}],
+                         ids=["resnet18", "narrow-small-stem"])
 def test_export_then_hub_load_gives_the_same_features(tmp_path, overrides):
     model = a_checkpoint(tmp_path / "last.pt", **overrides)
     exported = tmp_path / "trunk.pt"
@@ -50,7 +52,8 @@ def test_export_then_hub_load_gives_the_same_features(tmp_path, overrides):
         expected = model.backbone.eval()(x)  # (3,C) the trunk's pooled features
     for path in (exported, tmp_path / "last.pt"):  # the trunk alone, or the whole checkpoint
         net = torch.hub.load(ROOT, "simfle_trunk", source="local", checkpoint=str(path))
-        assert type(net) is torchvision.models.ResNet and isinstance(net.fc, torch.nn.Identity) and not net.training
+        assert type(net) is torchvision.models.ResNet and isinstance(net.fc, torch.nn.Identity)
+        assert not net.training
         with torch.no_grad():
             torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-6)
         assert set(net.state_dict()) == resnet_keys  # loads into any torchvision ResNet code path
@@ -66,8 +69,10 @@ def test_a_bad_file_is_one_clear_error(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(torchvision.models.resnet18().state_dict(), plain)
     alien = tmp_path / "alien.pt"
-    torch.save({"format": hubconf.TRUNK_FORMAT, "config": json.dumps({"backbone": "vgg16"}), "state_dict": {}}, alien)
-    for path, words in [(tmp_path / "missing.pt", "not found"), (truncated, "unreadable"), (text, "unreadable"),
+    torch.save({"format": hubconf.TRUNK_FORMAT, "config": json.dumps({"backbone": "vgg16"}),
+                "state_dict": {}}, alien)
+    for path, words in [(tmp_path / "missing.pt", "not found"), (truncated, "unreadable"),
+                        (text, "unreadable"),
                         (plain, "neither"), (alien, "damaged")]:
         with pytest.raises(ValueError) as e:
             torch.hub.load(ROOT, "simfle_trunk", source="local", checkpoint=str(path))
@@ -77,7 +82,8 @@ def test_a_bad_file_is_one_clear_error(tmp_path):
 
 def test_hubconf_needs_only_torch_torchvision_and_the_model_file():
     tree = ast.parse(open(os.path.join(ROOT, "hubconf.py")).read())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported - {"json", "os"} == {"torch", "torchvision", "simfle"}
     assert hubconf.dependencies == ["torch", "torchvision"]

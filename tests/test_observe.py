@@ -52,7 +52,8 @@ def test_curves_png_after_each_epoch_and_across_a_resume(tmp_path, monkeypatch, 
     assert all(0 <= r["landmark_hit_rate"] <= 1 and 0 <= r["knn_accuracy"] <= 1 for r in rows)
     # the printed epoch shows the total as the sum of its weighted terms, each with its share
     printed = capsys.readouterr().out
-    assert printed.count("  loss: total=") == 2 and "weighted_grouping" in printed and "%)" in printed
+    assert printed.count("  loss: total=") == 2
+    assert "weighted_grouping" in printed and "%)" in printed
 
 
 def test_training_goes_on_without_matplotlib_or_when_plotting_fails(tmp_path, monkeypatch, capsys):
@@ -72,7 +73,8 @@ def test_training_goes_on_without_matplotlib_or_when_plotting_fails(tmp_path, mo
     monkeypatch.setattr(Figure, "savefig", broken)
     assert train.cli(QUICK + ["--epochs", "1", "--knn-samples", "0", "--out",
                               str(tmp_path / "b")]) == 0
-    assert "not drawn (RuntimeError: a bug in plotting); training goes on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not drawn (RuntimeError: a bug in plotting); training goes on" in out
     assert len(metrics(str(tmp_path / "b"))) == 1 and (tmp_path / "b" / "last.pt").exists()
 
 
@@ -100,7 +102,8 @@ def test_tensorboard_missing_is_one_message_and_exit_2(tmp_path, monkeypatch, ca
         train.cli(QUICK + ["--epochs", "1", "--out", str(out), "--tensorboard"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: --tensorboard") and "pip install tensorboard" in err
+    assert err.count("\n") == 1 and err.startswith("error: --tensorboard")
+    assert "pip install tensorboard" in err
     assert not out.exists()  # before any training: nothing written
 
 
@@ -143,8 +146,8 @@ def test_help_states_each_default_once(capsys):
 
 
 def test_eval_draws_the_accuracy_per_epoch_beside_the_confusion(tmp_path, monkeypatch):
-    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k,
-                                                             "synthetic_count": 24})  # noqa: E731
+    def small(*a, get=data.get_dataset, **k):
+        return get(*a, **{**k, "synthetic_count": 24})
     monkeypatch.setattr(data, "get_dataset", small)
     assert evaluate.cli(["--ckpt", "random", "--mode", "linear", "--epochs", "3", "--features",
                          "cached",

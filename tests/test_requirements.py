@@ -52,8 +52,10 @@ def test_pip_keeps_a_newer_torch(tmp_path):
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 99.0\n")
     env = {**os.environ, "PYTHONPATH": str(newer), "PIP_CONFIG_FILE": os.devnull}
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet", "--report", "-",
-                        "-r", "requirements.txt"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
+                        "--quiet", "--report", "-",
+                        "-r", "requirements.txt"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=env)
     if r.returncode != 0 and "no such option: --report" in r.stderr:
         pytest.skip("pip older than 22.2 has no --report")
     assert r.returncode == 0, r.stderr[-2000:]

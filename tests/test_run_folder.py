@@ -24,7 +24,8 @@ def test_a_folder_with_another_run_is_refused_unless_resumed_or_overwritten(tmp_
     assert train.cli(QUICK + ["--out", out]) == 0
     before = open(os.path.join(out, "last.pt"), "rb").read()
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:  # the same command again: refused before anything is read or written
+    # the same command again: refused before anything is read or written
+    with pytest.raises(SystemExit) as e:
         train.cli(QUICK + ["--out", out, "--seed", "1"])
     assert e.value.code == 2
     err = capsys.readouterr().err
@@ -32,7 +33,8 @@ def test_a_folder_with_another_run_is_refused_unless_resumed_or_overwritten(tmp_
     assert "--resume" in err and "--overwrite" in err
     assert open(os.path.join(out, "last.pt"), "rb").read() == before and len(rows(out)) == 1
     # --resume continues it (here for one more epoch)
-    assert train.cli(["--resume", os.path.join(out, "last.pt"), "--epochs", "2", "--device", "cpu"]) == 0
+    assert train.cli(["--resume", os.path.join(out, "last.pt"), "--epochs", "2", "--device",
+                      "cpu"]) == 0
     assert [r["epoch"] for r in rows(out)] == [1, 2]
     # --overwrite starts it afresh: the old metrics are gone, not appended to, and the new run's
     # curves drawn alone
@@ -52,7 +54,8 @@ def test_config_json_records_the_git_commit(tmp_path, monkeypatch):
     assert train.cli(QUICK + ["--out", out]) == 0
     recorded = json.load(open(os.path.join(out, "config.json")))["git_commit"]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
     except OSError:  # no git here
         head = ""
     if head:

@@ -335,8 +335,8 @@ def test_small_stem_keeps_resolution_for_small_images():
     gives)."""
     from simfle import Backbone
     trunk = Backbone("resnet18", "small")
-    assert trunk.conv1.kernel_size == (3, 3) and trunk.conv1.stride == (1,
-                                                                        1) and isinstance(trunk.maxpool, torch.nn.Identity)
+    assert trunk.conv1.kernel_size == (3, 3) and trunk.conv1.stride == (1, 1)
+    assert isinstance(trunk.maxpool, torch.nn.Identity)
     assert trunk.feature_map(torch.randn(2, 3, 32, 32)).shape == (2, 512, 4, 4)
     cfg = tiny(stem="small", view_size=32, origin_size=56, patch_size=8)
     assert cfg.num_patches == 49 and cfg.num_visible == 12
@@ -402,7 +402,8 @@ def test_gradient_shares_add_up_and_cut_terms_read_zero(gfl):
         weighted, _ = model.loss_terms(*inputs)
         weighted["weighted_" + term].backward()
         norms[term] = sum(float(p.grad.pow(2).sum()) for p in model.backbone.parameters()) ** 0.5
-    assert shares["grad_share_distillation"] == pytest.approx(norms["distillation"] / sum(norms.values()), rel=1e-3)
+    expected = norms["distillation"] / sum(norms.values())
+    assert shares["grad_share_distillation"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_gfl_alone_has_the_whole_gradient():
@@ -461,7 +462,8 @@ def test_cosine_distillation_is_scale_free():
 def test_ema_cosine_schedule_rises_from_ema_to_one():
     """BYOL's schedule: m = 1 − (1 − ema)·(cos(π·progress) + 1)/2, so ema at the start, the mean of
     ema and 1 halfway, and 1 (target frozen) at the end; the authors' fixed m ignores progress."""
-    for schedule, progress, m in (("cosine", 0.0, 0.99), ("cosine", 0.5, 0.995), ("cosine", 1.0, 1.0),
+    for schedule, progress, m in (("cosine", 0.0, 0.99), ("cosine", 0.5, 0.995),
+                                  ("cosine", 1.0, 1.0),
                                   ("fixed", 0.7, 0.99)):
         torch.manual_seed(0)
         model = SimFLE(SimFLEConfig.preset("tiny", use_facemae=False, ema_schedule=schedule))
@@ -470,7 +472,8 @@ def test_ema_cosine_schedule_rises_from_ema_to_one():
                 p.add_(1.0)
         before = [p.clone() for p in model.target_backbone.parameters()]
         model.update_target(progress)
-        for pt, t0, po in zip(model.target_backbone.parameters(), before, model.backbone.parameters()):
+        for pt, t0, po in zip(model.target_backbone.parameters(), before,
+                              model.backbone.parameters()):
             torch.testing.assert_close(pt, m * t0 + (1 - m) * po, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="ema_schedule"):
         SimFLEConfig.preset("tiny", ema_schedule="linear")

@@ -59,14 +59,16 @@ def test_no_import_cycle_among_the_top_level_modules():
 
 
 # the project's own Python files; the tutorial's files have their own owner and tests
-TUTORIAL = {"tutorial/tutorial.py", "tutorial/exercises.py", "tutorial/solutions.py", "tutorial/make.py",
+TUTORIAL = {"tutorial/tutorial.py", "tutorial/exercises.py", "tutorial/solutions.py",
+            "tutorial/make.py",
             "tests/test_notebook.py", "tests/test_exercises.py"}
-OWN = sorted(p for p in (os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "**", "*.py"),
+OWN = sorted(p for p in (os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "**",
+                                                                                  "*.py"),
                                                                      recursive=True))
              if p not in TUTORIAL and not p.startswith((".", "runs", "data" + os.sep)))
-# files whose lines are not all wrapped at 100 yet: the tests and the benchmark scripts (the
-# modules a reader reads, simfle.py, train.py, eval.py, data.py, hubconf.py and support/, are)
-LONG_LINES_FOR_NOW = {p for p in OWN if p.startswith(("tests" + os.sep, "benchmarks" + os.sep))}
+# files whose lines are not all wrapped at 100 yet: the benchmark scripts (the modules a reader
+# reads, simfle.py, train.py, eval.py, data.py, hubconf.py, support/ and the tests, are)
+LONG_LINES_FOR_NOW = {p for p in OWN if p.startswith("benchmarks" + os.sep)}
 OVER_600_FOR_NOW = set()
 LONG_FUNCTIONS_FOR_NOW = set()
 READING_PATH = {"simfle.py", "train.py", "eval.py", "data.py"}

@@ -49,7 +49,8 @@ def test_defaults_follow_the_paper():
     assert args.preset == "tiny" and args.data == "synthetic" and args.probe
     assert args.lr == pytest.approx(0.05 * args.batch_size / 256)
     args = train.parse_args(["--gfl", "simclr", "--use-facemae", "false", "--mask-ratio", "0.5"])
-    assert args.config.gfl == "simclr" and not args.config.use_facemae and args.config.num_visible == 24
+    assert args.config.gfl == "simclr" and not args.config.use_facemae
+    assert args.config.num_visible == 24
 
 
 def test_learning_rate_cosine_per_epoch_after_an_optional_warmup():
@@ -87,9 +88,8 @@ def test_a_log_file_reads_line_by_line(tmp_path, monkeypatch):
     """train.py with its output in a file (CI, nohup, Colab): plain progress lines, none over 300
     characters. In process, with stdout and stderr sent to the file, and the final probe on 64 faces
     a split."""
-    # noqa: E731
-    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k,
-                                                             "synthetic_count": k.get("synthetic_count") or 64})
+    def small(*a, get=data.get_dataset, **k):
+        return get(*a, **{**k, "synthetic_count": k.get("synthetic_count") or 64})
     monkeypatch.setattr(data, "get_dataset", small)
     log = tmp_path / "log.txt"
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -203,8 +203,8 @@ def test_bad_checkpoints_get_one_message(tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, plain)
     alien = tmp_path / "alien.pt"
     torch.save({"format": train.CHECKPOINT_FORMAT, "config": {"backbone": "vgg16"}}, alien)
-    for path, words in [(malicious, "not a loadable"), (truncated, "not a loadable"), (text,
-                                                                                       "not a loadable"),
+    for path, words in [(malicious, "not a loadable"), (truncated, "not a loadable"),
+                        (text, "not a loadable"),
                         (plain, "not a SimFLE checkpoint"), (alien, "unknown model configuration"),
                         (tmp_path / "missing.pt", "not found")]:
         assert evaluate.cli(["--ckpt", str(path), "--device", "cpu"]) == 2
@@ -230,7 +230,8 @@ def test_out_of_memory_is_one_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train.SimFLE, "forward", oom)
     assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run")]) == 4
     err = capsys.readouterr().err
-    assert "out of GPU memory" in err and "--batch-size" in err and "--activation-checkpointing" in err
+    assert "out of GPU memory" in err
+    assert "--batch-size" in err and "--activation-checkpointing" in err
 
 
 @pytest.mark.slow
@@ -409,8 +410,8 @@ def test_one_loader_serves_every_epoch_with_persistent_workers():
         got = [batch for batch, _ in loader]
         indices = list(order)[start * 4: 8]
         reference.set_epoch(epoch)
-        want = [data.collate([reference[i] for i in indices[k:k + 4]])[0] for k in range(0,
-                                                                                         len(indices), 4)]
+        want = [data.collate([reference[i] for i in indices[k:k + 4]])[0]
+                for k in range(0, len(indices), 4)]
         assert len(got) == len(want) == 2 - start
         for g, w in zip(got, want):
             for a, b in zip(g, w):
@@ -444,8 +445,8 @@ def test_main_puts_signal_handlers_back(tmp_path):
 def test_eval_landmarks_reports_the_hit_rate_trained_and_untrained(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
     assert train.cli(QUICK + ["--epochs", "1", "--out", out, "--knn-samples", "0"]) == 0
-    # noqa: E731
-    small = lambda *a, get=data.get_dataset, **k: get(*a, **{**k, "synthetic_count": 24})
+    def small(*a, get=data.get_dataset, **k):
+        return get(*a, **{**k, "synthetic_count": 24})
     monkeypatch.setattr(data, "get_dataset", small)
     assert evaluate.cli(["--ckpt", os.path.join(out, "last.pt"), "--mode", "landmarks", "--device",
                          "cpu"]) == 0
@@ -482,13 +483,15 @@ def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
         scores = torch.nn.functional.avg_pool2d(m, 16).flatten(1)  # (6, 49)
         top = scores.topk(12, dim=1).indices
         patch = (marks[..., 1] // 16).long() * 7 + (marks[..., 0] // 16).long()
-        hits.append(sum(int(p) in set(top[b].tolist()) for b in range(6) for p in patch[b]) / marks[..., 0].numel())
+        kept = sum(int(p) in set(top[b].tolist()) for b in range(6) for p in patch[b])
+        hits.append(kept / marks[..., 0].numel())
     assert r["per_group"] == pytest.approx(hits) and r["semantic"] == pytest.approx(sum(hits) / 4)
     assert r["random"] == 12 / 49 and r["best_group"] == max(r["per_group"])
     # the fixed control: the 3x3 block at the centre of the 7x7 grid, and the patches above, left
     # and right of it
     central = {16, 17, 18, 23, 24, 25, 30, 31, 32, 10, 22, 26}
-    assert r["central"] == pytest.approx(sum(int(p) in central for p in patch.flatten()) / patch.numel())
+    in_central = sum(int(p) in central for p in patch.flatten())
+    assert r["central"] == pytest.approx(in_central / patch.numel())
 
 
 def test_recompute_batchnorm_is_the_plain_average_over_the_images():
