@@ -5,13 +5,14 @@ Both run in this one process on one thread (torch.set_num_threads(1)), on the sa
 written to a temporary folder, and produce the same thing per sample: the 112 px origin and two
 augmented 224 px views, normalised floats, views blurred (the paper's recipe).
 
-  reference  PIL per image: RandomResizedCrop(224, scale 0.08-1), flip, ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8,
-             grayscale p 0.2, ToTensor, a separable 23-tap Gaussian blur (sigma U[0.1, 2]) per
-             image, Normalize; origin Resize(112), ToTensor, Normalize
-  data.py    torchvision.io decode, transforms.v2 on uint8 per image (PretrainView), collate, then blur and
-             normalisation batched (pretrain_batch), here on the CPU and counted
-  data.py, augment="device"  the loader only decodes and resizes; crop, flip, colour, blur and normalisation
-             are batched (pretrain_batch), here on the CPU and counted
+  reference  PIL per image: RandomResizedCrop(224, scale 0.08-1), flip,
+             ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, ToTensor, a separable
+             23-tap Gaussian blur (sigma U[0.1, 2]) per image, Normalize; origin Resize(112),
+             ToTensor, Normalize
+  data.py    torchvision.io decode, transforms.v2 on uint8 per image (PretrainView), collate,
+             then blur and normalisation batched (pretrain_batch), here on the CPU and counted
+  data.py, augment="device"  the loader only decodes and resizes; crop, flip, colour, blur and
+             normalisation are batched (pretrain_batch), here on the CPU and counted
 
 It also times the synthetic face renderer. About a minute on one core:
 
@@ -34,7 +35,8 @@ import data  # noqa: E402
 
 
 class SeparableBlur:
-    """The reference's per-image Gaussian blur (kernel 23, sigma ~ U[0.1, 2]), separable, on a float tensor."""
+    """The reference's per-image Gaussian blur (kernel 23, sigma ~ U[0.1, 2]), separable, on a
+    float tensor."""
 
     def __init__(self, kernel_size=23, sigma=(0.1, 2.0)):
         self.k, self.sigma = kernel_size, sigma

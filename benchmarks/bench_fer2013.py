@@ -1,13 +1,15 @@
-"""
-More images per CPU minute on FER2013's 48-px faces: what each input and model option buys, in one
-run.
+"""More images per CPU minute on FER2013's 48-px faces: what each input and model option buys, in
+one run.
 
-    python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 40               # images/s
-    python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 180 --variants today,all      # + val probe
-    python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 30 --wall 420 --variants today,curves,all \
-        --options "--gfl simclr" --out benchmarks/results/bench_fer2013_wall.md
-    python benchmarks/bench_fer2013.py --probe-only --out benchmarks/results/bench_fer2013_wall.md   # probe those again
-    python benchmarks/bench_fer2013.py --folders FaceExp/data --variants simclr-alone,simclr+semantic,byol-alone,byol+semantic
+    python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 40   # images/s
+    python benchmarks/bench_fer2013.py --folders FaceExp/data --wall 180 --variants today,all
+    python benchmarks/bench_fer2013.py --folders FaceExp/data --rounds 2 --steps 30 --wall 420 \
+        --variants today,curves,all --options "--gfl simclr" \
+        --out benchmarks/results/bench_fer2013_wall.md
+    python benchmarks/bench_fer2013.py --probe-only \
+        --out benchmarks/results/bench_fer2013_wall.md                   # probe those again
+    python benchmarks/bench_fer2013.py --folders FaceExp/data \
+        --variants simclr-alone,simclr+semantic,byol-alone,byol+semantic
 
 Each variant is a list of train.py options on top of `--preset tiny`. Phase 1 runs train.py
 (train.main, as a user runs it) for --steps steps of each variant, in turn, --rounds times, and
@@ -22,6 +24,7 @@ without training. The table goes to --out (markdown) and the rows to --out with 
 
 "+x" is the in-memory csv with option x; "all" has every option. "today" is train.py before these
 options: the FER2013 image folders (`--data folder`), decoded every epoch.
+
 """
 import argparse
 import datetime
@@ -53,18 +56,21 @@ VARIANTS = {
     "all": "--data fer2013 --augment device --width 0.5 --origin-size 56 --patch-size 8",
     # what FaceMAE costs on the curves' settings: SimFLE against its GFL alone
     "simclr-alone": "--data fer2013 --augment device --width 0.5 --gfl simclr --use-facemae false",
-    "simclr+semantic": "--data fer2013 --augment device --width 0.5 --gfl simclr --masking semantic",
+    "simclr+semantic": "--data fer2013 --augment device --width 0.5 --gfl simclr "
+                       "--masking semantic",
     "byol-alone": "--data fer2013 --augment device --width 0.5 --gfl byol --use-facemae false",
     "byol+semantic": "--data fer2013 --augment device --width 0.5 --gfl byol --masking semantic",
 }
 
 
 def run(name, options, epochs, steps_per_epoch, seed, out):
-    """train.py for `epochs` epochs of `steps_per_epoch` steps, one cosine schedule over them: -> (images/s, folder)."""
+    """train.py for `epochs` epochs of `steps_per_epoch` steps, one cosine schedule over them: ->
+    (images/s, folder)."""
     folder = os.path.join(out, name.lstrip("+"))
     argv = shlex.split(options) + ["--preset", "tiny", "--epochs", str(epochs), "--max-steps",
                                    str(steps_per_epoch), "--seed", str(seed),
-                                   "--knn-samples", "0", "--probe", "false", "--out", folder, "--overwrite"]
+                                   "--knn-samples", "0", "--probe", "false", "--out", folder,
+                                   "--overwrite"]
     code = train.main(argv)
     if code != 0:
         raise SystemExit(f"train.py {' '.join(argv)} exited {code}")
@@ -104,7 +110,8 @@ def main(argv=None):
                    help="probe again the checkpoints of the --wall run whose rows are in --out's "
                         ".jsonl; no training")
     args = p.parse_args(argv)
-    command = "python benchmarks/bench_fer2013.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    given = argv or sys.argv[1:]
+    command = "python benchmarks/bench_fer2013.py " + " ".join(shlex.quote(a) for a in given)
     if args.folders:
         # no path of this machine in the results
         command = command.replace(args.folders, "<FER2013 image folders>")
@@ -123,7 +130,8 @@ def main(argv=None):
 
 
 def measure(args, names, command):
-    """Phase 1 (images/s of every variant, in turn) and, with --wall, phase 2 (train for the wall time, probe)."""
+    """Phase 1 (images/s of every variant, in turn) and, with --wall, phase 2 (train for the wall
+    time, probe)."""
     def options(n, folders):
         return (VARIANTS[n].format(folders=folders) + " " + args.options).strip()
 
@@ -160,7 +168,8 @@ def measure(args, names, command):
 
 
 def reprobe(args, command):
-    """The rows of an earlier --wall run, their trunks probed again (e.g. after a change of the probe)."""
+    """The rows of an earlier --wall run, their trunks probed again (e.g. after a change of the
+    probe)."""
     path = os.path.splitext(args.out)[0] + ".jsonl"
     if not os.path.exists(path):
         raise SystemExit("error: --probe-only reads the rows of an earlier --wall run from "
@@ -189,13 +198,11 @@ def write(rows, out):
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
              f"{torch.__version__}; batch 64, "
              f"{first.get('steps_per_round')} steps x {first.get('rounds')} rounds per variant, "
-             "median; images/s = the "
-             f"epoch's images over its wall time (loading, views and step)." + (
-                 f" Then each variant trains for {first['wall']:.0f} s' worth of its images/s (one "
-                 "cosine schedule, "
-                 f"seed {first['seed']}) and its trunk is probed on val (PublicTest) as "
-                 "learning_curve.py probes "
-                 f"(lr chosen on a train hold-out) beside a random trunk of the same width." if wall else ""), ""]
+             "median; images/s = the epoch's images over its wall time (loading, views and step)."
+             + (f" Then each variant trains for {first['wall']:.0f} s' worth of its images/s (one "
+                f"cosine schedule, seed {first['seed']}) and its trunk is probed on val "
+                "(PublicTest) as learning_curve.py probes (lr chosen on a train hold-out) beside a "
+                "random trunk of the same width." if wall else ""), ""]
     header = "| variant | train.py options | images/s | x first row |"
     if wall:
         header += (" steps in the wall time | val linear, trained (%) | val linear, random (%) | "
@@ -203,7 +210,8 @@ def write(rows, out):
                    "| val k-NN, random (%) |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
-        line = f"| {r['variant']} | `{r['options']}` | {r['images_per_s']:.1f} | {r['x_first']:.2f} |"
+        line = (f"| {r['variant']} | `{r['options']}` | {r['images_per_s']:.1f} | "
+                f"{r['x_first']:.2f} |")
         if wall:
             line += (f" {r['steps']} | {100 * r['trained_linear']:.1f} | "
                      f"{100 * r['random_linear']:.1f} | "

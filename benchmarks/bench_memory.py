@@ -1,7 +1,7 @@
 """
 Does a long run hold steady? Runs train.py in a child process and samples its resident memory (RSS).
 
-    python benchmarks/bench_memory.py                 # 300 steps of the tiny preset on CPU, about 2-3 minutes
+    python benchmarks/bench_memory.py                 # 300 steps of the tiny preset on CPU, 2-3 min
     python benchmarks/bench_memory.py --steps 600 --batch-size 8
 
 Prints RSS once warmed up (second quarter of the run) and its peak over the second half; a leak
@@ -26,7 +26,8 @@ def rss_mb(pid):
 
 
 def rss_trace(steps=300, batch_size=4, interval=0.5):
-    """Train `steps` steps of the tiny preset in a child process: -> list of (seconds, RSS MB), exit code."""
+    """Train `steps` steps of the tiny preset in a child process: -> list of (seconds, RSS MB),
+    exit code."""
     with tempfile.TemporaryDirectory() as out:
         args = [sys.executable, os.path.join(ROOT, "train.py"), "--preset", "tiny", "--device",
                 "cpu",

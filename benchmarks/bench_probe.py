@@ -3,7 +3,7 @@ Linear-probe throughput: the paper's protocol (augmented views through the froze
 against cached features (the trunk runs once; eval.py's features="cached", not the paper's
 protocol).
 
-    python benchmarks/bench_probe.py                      # tiny preset, 1000 synthetic training faces (~1-2 min CPU)
+    python benchmarks/bench_probe.py              # tiny preset, 1000 synthetic faces (1-2 min)
     python benchmarks/bench_probe.py --preset paper --train-images 256 --test-images 128
 
 Each mode runs eval.linear_probe twice, for one epoch and for more (`--epochs`; 10x that for

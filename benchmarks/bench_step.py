@@ -1,10 +1,12 @@
 """
 What train.py's training step costs per configuration: seconds per step, images/s and peak memory.
 
-    python benchmarks/bench_step.py --preset paper --batch-size 8                  # CPU: the default configurations
-    python benchmarks/bench_step.py --preset paper --batch-size 8 --configs bf16+channels_last,bf16+channels_last+ckpt
-    python benchmarks/bench_step.py --device cuda --batch-size 256 --configs all   # the whole matrix on a GPU
-    python benchmarks/bench_step.py --device cuda --batch-size 256 --memory-fraction 0.107 --configs bf16,bf16+ckpt
+    python benchmarks/bench_step.py --preset paper --batch-size 8   # CPU: the default configs
+    python benchmarks/bench_step.py --preset paper --batch-size 8 \\
+        --configs bf16+channels_last,bf16+channels_last+ckpt
+    python benchmarks/bench_step.py --device cuda --batch-size 256 --configs all   # all, on a GPU
+    python benchmarks/bench_step.py --device cuda --batch-size 256 --memory-fraction 0.107 \\
+        --configs bf16,bf16+ckpt
 
 The step timed is train.py's own: train.Trainer(...).step(batch, lr), where batch is what
 data.collate makes of data.PretrainView items (uint8 origin and views, a blur sigma per view; random
@@ -14,7 +16,8 @@ side; gpu.sh runs train.py end to end).
 
 A configuration is a precision, fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler), joined with
 '+' to any of
-    channels_last  weights and images in channels-last memory format (train.py's default on CPU and CUDA)
+    channels_last  weights and images in channels-last memory format (train.py's default on CPU
+                   and CUDA)
     compile        torch.compile of the model
     ckpt           activation checkpointing (train.py --activation-checkpointing true)
 `--configs all` is every combination. Each configuration runs in a fresh Python process (this file,
@@ -70,7 +73,8 @@ def parse_config(name):
 
 
 def random_batch(cfg, batch, seed=0):
-    """What data.collate returns for `batch` PretrainView items: uint8 (origin, view1, view2) and sigma (B,2)."""
+    """What data.collate returns for `batch` PretrainView items: uint8 (origin, view1, view2) and
+    sigma (B,2)."""
     g = torch.Generator().manual_seed(seed)
     origin, view1, view2 = (torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g)
                             for s in (cfg.origin_size, cfg.view_size, cfg.view_size))
@@ -161,9 +165,8 @@ def machine():
     """Where the figures were measured."""
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":",
-                               1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   cpu)
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), cpu)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return (f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
             f", {torch.get_num_threads()} threads" + (f", {gpu}" if gpu else ""))

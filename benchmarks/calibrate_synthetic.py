@@ -6,7 +6,7 @@
   2. a ResNet-18 trained from scratch, supervised, for a few minutes on CPU at 64 px: what learning
   gives.
 
-    python benchmarks/calibrate_synthetic.py                 # both, about 15-30 minutes on 2 CPU cores
+    python benchmarks/calibrate_synthetic.py                 # both, 15-30 minutes on 2 CPU cores
     python benchmarks/calibrate_synthetic.py --epochs 0      # the random-trunk probes only
 """
 import argparse
@@ -31,10 +31,10 @@ def render(split, count, seed, look="aligned"):
 
 
 def resize(images, size):
-    return images if images.shape[-1] == size else F.interpolate(images.float(), size=(size, size),
-                                                                 mode="bilinear",
-                                                                 antialias=True).round().clamp(0,
-                                                                                               255).to(torch.uint8)
+    if images.shape[-1] == size:
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()
@@ -44,7 +44,8 @@ def features(trunk, images, batch=250):
 
 
 def linear_probe(xtr, ytr, xte, yte, steps=300, wd=1e-4):
-    """Multinomial logistic regression, full-batch LBFGS on standardised features -> test accuracy."""
+    """Multinomial logistic regression, full-batch LBFGS on standardised features -> test
+    accuracy."""
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     head = nn.Linear(xtr.shape[1], 7)
@@ -58,7 +59,8 @@ def linear_probe(xtr, ytr, xte, yte, steps=300, wd=1e-4):
         return loss
     opt.step(closure)
     with torch.no_grad():
-        return (head(xtr).argmax(1) == ytr).float().mean().item(), (head(xte).argmax(1) == yte).float().mean().item()
+        train_acc = (head(xtr).argmax(1) == ytr).float().mean().item()
+        return train_acc, (head(xte).argmax(1) == yte).float().mean().item()
 
 
 def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, device="cpu"):

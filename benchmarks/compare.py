@@ -1,8 +1,8 @@
 """
 Does semantic masking help? Train and evaluate five trunks under one budget, for several seeds.
 
-    python benchmarks/compare.py                                   # synthetic faces, tiny preset, CPU
-    python benchmarks/compare.py --data rafdb --preset paper --epochs 100 --device cuda   # paper scale
+    python benchmarks/compare.py                          # synthetic faces, tiny preset, CPU
+    python benchmarks/compare.py --data rafdb --preset paper --epochs 100 --device cuda   # paper
 
 Arms: a random trunk (no training), as initialised and with its BatchNorm statistics recomputed on
 the training faces (eval.recompute_batchnorm: what statistics alone do); the GFL method alone (BYOL,
@@ -159,7 +159,8 @@ def fmt(values, scale=100):
 def write_table(results, args):
     """compare.md: mean ± std over the seeds of each arm; printed too."""
     lines = ["| trunk | linear probe acc. (%) | mean class acc. (%) | landmark NME (%) | landmark "
-             "hit rate, trained (%) | landmark hit rate, untrained (%) |", "|---|---|---|---|---|---|"]
+             "hit rate, trained (%) | landmark hit rate, untrained (%) |",
+             "|---|---|---|---|---|---|"]
     for arm, rs in results.items():
         lines.append(f"| {arm} | {fmt([r['accuracy'] for r in rs])} | "
                      f"{fmt([r['mean_class_accuracy'] for r in rs])} | "

@@ -105,14 +105,15 @@ def main(argv=None):
              f"{args.data}, scored on {args.split}; checkpoint {args.ckpt} "
              f"({state['step'] * state['train']['batch_size']:,} "
              f"images seen); mean ± std over labelled subsets {args.subsets} (one for 'all').", "",
-             "| trunk | " + " | ".join(f"{n} labels per class (%)" if n != "all" else "all labels "
-                                                                                      "(%)" for n in args.labels)
+             "| trunk | " + " | ".join(f"{n} labels per class (%)" if n != "all"
+                                       else "all labels (%)" for n in args.labels)
              + " |", "|---|" + "---|" * len(args.labels)]
     for r in rows:
         cells = []
         for n in args.labels:
             v = [100 * a for a in results.get((r, n), [])]
-            cells.append("–" if not v else f"{statistics.mean(v):.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""))
+            spread = f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""
+            cells.append("–" if not v else f"{statistics.mean(v):.1f}{spread}")
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

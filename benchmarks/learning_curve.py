@@ -1,28 +1,34 @@
 """
 Does pretraining learn, and from which budget? Val accuracy against images seen, one line per arm.
 
-    python benchmarks/learning_curve.py --data fer2013 --arms simclr+semantic --seeds 0 1 --images 400000
-    python benchmarks/learning_curve.py --data fer2013 --arms byol --seeds 0 --images 400000 --until 8   # part of it
-    python benchmarks/learning_curve.py --data fer2013 --arms simclr --baselines --seeds 0 --images 400000 --split test
+    python benchmarks/learning_curve.py --data fer2013 --arms simclr+semantic --seeds 0 1 \\
+        --images 400000
+    python benchmarks/learning_curve.py --data fer2013 --arms byol --seeds 0 --images 400000 \\
+        --until 8                                                             # part of the budget
+    python benchmarks/learning_curve.py --data fer2013 --arms simclr --baselines --seeds 0 \\
+        --images 400000 --split test
 
-Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own), stopped at the end
-of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr schedule is the whole run's), and its
-trunk probed there on val: a linear probe on cached pooled features of all training faces (30 epochs, batch 256, its
-lr chosen among PROBE_LRS on 10 % of the training faces held out) and a k-NN (k = 20, cosine) on the same features.
-On faces with landmarks (synthetic) the landmark hit rate of the FaceMAE arms is measured at the same points, beside
-random masking and a fixed mask of the central patches. "supervised" trains the same trunk on the labels
-(cross-entropy, the probe's crop + flip, SGD, the same batch and images seen); "lightly-byol" is BYOL as the lightly
-library implements it (pip install lightly, for this benchmark only), on the same faces, trunk and budget: a
-cross-check of the GFL. Baselines (--baselines) are budget-free lines: the random trunk as initialised, with
-BatchNorm statistics of the training faces, and a linear classifier on pixels.
+Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own),
+stopped at the end of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr
+schedule is the whole run's), and its trunk probed there on val: a linear probe on cached pooled
+features of all training faces (30 epochs, batch 256, its lr chosen among PROBE_LRS on 10 % of the
+training faces held out) and a k-NN (k = 20, cosine) on the same features. On faces with landmarks
+(synthetic) the landmark hit rate of the FaceMAE arms is measured at the same points, beside random
+masking and a fixed mask of the central patches. "supervised" trains the same trunk on the labels
+(cross-entropy, the probe's crop + flip, SGD, the same batch and images seen); "lightly-byol" is
+BYOL as the lightly library implements it (pip install lightly, for this benchmark only), on the
+same faces, trunk and budget: a cross-check of the GFL. Baselines (--baselines) are budget-free
+lines: the random trunk as initialised, with BatchNorm statistics of the training faces, and a
+linear classifier on pixels.
 
-Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in --out are not
-measured again, and a run continues from its last.pt in --runs (train.py --resume); if that checkpoint is gone the
-run starts again from its seed and reproduces the rows it had. --until EPOCH stops after that probe point without
-shortening the schedule: a later run with a larger --until (or none) goes on along the same curve. After each point
-the picture (--out with .png) and a table (.md) are redrawn from every row in --out. --split test reads the test
-split once, at the end: each arm's checkpoint as it stands in --runs (nothing is trained) and the baselines, into
-their own file (<data>_curve_test.jsonl).
+Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in
+--out are not measured again, and a run continues from its last.pt in --runs (train.py --resume); if
+that checkpoint is gone the run starts again from its seed and reproduces the rows it had. --until
+EPOCH stops after that probe point without shortening the schedule: a later run with a larger
+--until (or none) goes on along the same curve. After each point the picture (--out with .png) and a
+table (.md) are redrawn from every row in --out. --split test reads the test split once, at the end:
+each arm's checkpoint as it stands in --runs (nothing is trained) and the baselines, into their own
+file (<data>_curve_test.jsonl).
 """
 import argparse
 import copy
@@ -31,7 +37,6 @@ import json
 import math
 import os
 import shlex
-import statistics
 import sys
 import time
 
@@ -43,9 +48,11 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+from curve_rows import append_row, draw, read_rows  # noqa: E402,F401  (this folder)
 from sweep_synthetic import Pixels  # noqa: E402  (this folder: the pixels themselves as features)
 
-# what every arm shares: the tiny preset with the options bench_fer2013.py measured faster on 48-px faces
+# what every arm shares: the tiny preset with the options bench_fer2013.py measured faster on 48-px
+# faces
 COMMON = "--preset tiny --augment device --width 0.5"
 OPEN = "--distill-target ffl --distill-loss cosine --alpha 1"
 ARMS = {  # name -> the arm's own train.py options
@@ -57,7 +64,8 @@ ARMS = {  # name -> the arm's own train.py options
     "simclr": "--gfl simclr --use-facemae false",
     "simclr+random": "--gfl simclr --masking random",
     "simclr+semantic": "--gfl simclr --masking semantic",
-    # the channel from FaceMAE opened (docs/departures.md; alpha chosen on val: benchmarks/README.md)
+    # the channel from FaceMAE opened (docs/departures.md; alpha chosen on val:
+    # benchmarks/README.md)
     "simclr+random+open": "--gfl simclr --masking random " + OPEN,
     "simclr+semantic+open": "--gfl simclr --masking semantic " + OPEN,
     "supervised": None, "lightly-byol": None,  # trained here: supervised_arm, lightly_byol_arm
@@ -66,21 +74,6 @@ BASELINES = ("random trunk", "random trunk, BN statistics", "pixels 32x32")
 
 
 # ----------------------------------------------------------------------------- rows
-
-
-def read_rows(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def append_row(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    print(json.dumps(row), flush=True)
 
 
 def probe_points(epochs):
@@ -93,8 +86,9 @@ def probe_points(epochs):
 
 
 def points_now(args):
-    """The probe points this invocation measures: all of the budget's, or those up to --until (the lr schedule
-    stays the whole budget's, so a later run with a larger --until continues the same curve)."""
+    """The probe points this invocation measures: all of the budget's, or those up to --until (the
+    lr schedule stays the whole budget's, so a later run with a larger --until continues the same
+    curve)."""
     return [p for p in probe_points(args.epochs) if args.until is None or p <= args.until]
 
 
@@ -108,21 +102,26 @@ def dataset(name, root, split, seed):
 
 
 def datasets(args, seed):
-    """-> (train, held-out) of the probes: settings are chosen on val (FER2013's PublicTest); --split test reads test,
-    once. --probe-cap N probes with N training and N/4 held-out faces drawn at random (dry runs)."""
-    splits = dataset(args.data, args.root, "train", seed), dataset(args.data, args.root, args.split, seed)
+    """-> (train, held-out) of the probes: settings are chosen on val (FER2013's PublicTest);
+    --split test reads test, once. --probe-cap N probes with N training and N/4 held-out faces drawn
+    at random (dry runs)."""
+    splits = (dataset(args.data, args.root, "train", seed),
+              dataset(args.data, args.root, args.split, seed))
     if args.probe_cap:
-        splits = [data.random_subset(b, n, seed) for b, n in zip(splits, (args.probe_cap, args.probe_cap // 4))]
+        caps = args.probe_cap, args.probe_cap // 4
+        splits = [data.random_subset(b, n, seed) for b, n in zip(splits, caps)]
     return splits
 
 
-PROBE_LRS = (1.0, 0.3, 0.1, 0.03, 0.01)  # linear-probe learning rates, chosen per trunk on a train hold-out
+# linear-probe learning rates, chosen per trunk on a train hold-out
+PROBE_LRS = (1.0, 0.3, 0.1, 0.03, 0.01)
 
 
 def probe_lr(tx, ty, classes, device, seed):
-    """The probe's lr for these features, chosen on the training faces alone (never on val): on 10 % of them held
-    out, or by 5-fold cross-validation when there are fewer than 2,000 (few labels). One lr does not fit every trunk:
-    on FER2013's random trunk the paper's 0.5 gave 26.9 % on val where 0.05 gave 32.5 %."""
+    """The probe's lr for these features, chosen on the training faces alone (never on val): on 10 %
+    of them held out, or by 5-fold cross-validation when there are fewer than 2,000 (few labels).
+    One lr does not fit every trunk: on FER2013's random trunk the paper's 0.5 gave 26.9 % on val
+    where 0.05 gave 32.5 %."""
     order = torch.randperm(len(tx), generator=torch.Generator().manual_seed(seed))
     folds = order.chunk(5) if len(tx) < 2000 else [order[:len(tx) // 10]]
     scores = {}
@@ -130,53 +129,62 @@ def probe_lr(tx, ty, classes, device, seed):
         accuracy = 0.0
         for held in folds:
             fit = order[~torch.isin(order, held)]
-            report, _ = evaluate.train_head(None, (tx[fit], ty[fit]), (tx[held], ty[held]), classes, device=device,
-                                            epochs=30, batch_size=256, lr=lr, seed=seed)
+            report, _ = evaluate.train_head(None, (tx[fit], ty[fit]), (tx[held], ty[held]), classes,
+                                            device=device, epochs=30, batch_size=256, lr=lr,
+                                            seed=seed)
             accuracy += report["last_epoch_accuracy"] * len(held)
         scores[lr] = accuracy
     return max(scores, key=scores.get)
 
 
 def measure(trunk, size, args, seed, device):
-    """Linear probe (cached features, lr chosen on a train hold-out) and k-NN of a frozen trunk, train -> held-out
-    split: -> {linear, knn, probe_lr}, and linear_dedup / knn_dedup on the held-out faces without a near-exact copy
-    in train (data.near_duplicates; FER2013's standard split stays the headline). Both read the same features."""
+    """Linear probe (cached features, lr chosen on a train hold-out) and k-NN of a frozen trunk,
+    train -> held-out split: -> {linear, knn, probe_lr}, and linear_dedup / knn_dedup on the
+    held-out faces without a near-exact copy in train (data.near_duplicates; FER2013's standard
+    split stays the headline). Both read the same features."""
     train_base, held_out = datasets(args, seed)
     trunk = trunk.to(device).eval()
-    (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device) for b in (train_base, held_out))
+    (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device)
+                          for b in (train_base, held_out))
     lr = probe_lr(tx, ty, held_out.classes, device, seed)
     copies = duplicates(args, seed)
-    linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device, epochs=30,
-                                    batch_size=256, lr=lr, seed=seed, duplicates=copies)
+    linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device,
+                                    epochs=30, batch_size=256, lr=lr, seed=seed,
+                                    duplicates=copies)
     knn_pred = evaluate.knn_predict(tx, ty, vx, len(held_out.classes))
     knn = evaluate.classification_report(knn_pred, vy, held_out.classes, copies)
-    out = {"linear": linear["last_epoch_accuracy"], "linear_mean_class": linear["mean_class_accuracy"],
-           "knn": knn["accuracy"], "probe_lr": lr}
+    out = {"linear": linear["last_epoch_accuracy"],
+           "linear_mean_class": linear["mean_class_accuracy"], "knn": knn["accuracy"],
+           "probe_lr": lr}
     if "accuracy_deduplicated" in linear:
-        out.update(linear_dedup=linear["accuracy_deduplicated"], knn_dedup=knn["accuracy_deduplicated"],
+        out.update(linear_dedup=linear["accuracy_deduplicated"],
+                   knn_dedup=knn["accuracy_deduplicated"],
                    held_out_duplicates=linear["held_out_duplicates"])
     return out
 
 
 @functools.lru_cache(maxsize=4)
 def _duplicates(name, root, split, seed):
-    found = data.near_duplicates(dataset(name, root, "train", seed), dataset(name, root, split, seed))
+    found = data.near_duplicates(dataset(name, root, "train", seed),
+                                 dataset(name, root, split, seed))
     return None if found is None else found[0]
 
 
 def duplicates(args, seed):
-    """The held-out faces with a near-exact copy in train (bool per face), or None (none, or a --probe-cap run)."""
+    """The held-out faces with a near-exact copy in train (bool per face), or None (none, or a
+    --probe-cap run)."""
     return None if args.probe_cap else _duplicates(args.data, args.root, args.split, seed)
 
 
 def hit_rates(model, args, seed, device):
-    """Landmark hit rate of a FaceMAE model on the held-out faces, beside random masking and the central mask."""
+    """Landmark hit rate of a FaceMAE model on the held-out faces, beside random masking and the
+    central mask."""
     held_out = datasets(args, seed)[1]
     if not held_out.num_landmarks or not model.config.use_facemae:
         return {}
     h = evaluate.landmark_hit_rate(model, held_out, device)
-    return {"hit_rate": h["semantic"], "hit_rate_best_group": h["best_group"], "hit_rate_random": h["random"],
-            "hit_rate_central": h["central"]}
+    return {"hit_rate": h["semantic"], "hit_rate_best_group": h["best_group"],
+            "hit_rate_random": h["random"], "hit_rate_central": h["central"]}
 
 
 # ----------------------------------------------------------------------------- arms
@@ -187,35 +195,46 @@ def run_folder(args, arm, seed):
 
 
 def pretrain_arm(args, arm, seed, done, device):
-    """One self-supervised arm: train.py, stopped and probed at each point not yet in `done` (epochs)."""
+    """One self-supervised arm: train.py, stopped and probed at each point not yet in `done`
+    (epochs)."""
     folder = run_folder(args, arm, seed)
     ckpt = os.path.join(folder, "last.pt")
     if args.split == "test":
         return read_test(args, arm, seed, done, device, ckpt)
     options = shlex.split(COMMON) + shlex.split(ARMS[arm]) + shlex.split(args.options)
-    runtime = ["--device", args.device] + (["--workers", str(args.workers)] if args.workers is not None else [])
-    base = options + ["--data", args.data, "--seed", str(seed), "--epochs", str(args.epochs), "--out", folder,
-                      "--knn-samples", "0", "--probe", "false"] + (["--root", args.root] if args.root else []) + runtime
+    runtime = ["--device", args.device]
+    if args.workers is not None:
+        runtime += ["--workers", str(args.workers)]
+    base = options + ["--data", args.data, "--seed", str(seed), "--epochs", str(args.epochs),
+                      "--out", folder, "--knn-samples", "0", "--probe", "false"]
+    base += (["--root", args.root] if args.root else []) + runtime
     for epoch in points_now(args):
         if epoch in done:
             continue
         steps = epoch * steps_per_epoch(args, seed)
-        at = evaluate.load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None  # None: no run yet
-        if at is not None and at > steps:  # the checkpoint is past this point (a row was lost): start again
+        # None: no run yet
+        at = evaluate.load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None
+        # the checkpoint is past this point (a row was lost): start again
+        if at is not None and at > steps:
             os.remove(ckpt)
             at = None
-        if at is None or at < steps:  # a checkpoint inside an epoch (an interrupted run) resumes where it stopped
-            argv = (["--resume", ckpt] + runtime if at is not None else base) + ["--stop-after-steps", str(steps)]
+        # a checkpoint inside an epoch (an interrupted run) resumes where it stopped
+        if at is None or at < steps:
+            argv = ["--resume", ckpt] + runtime if at is not None else base
+            argv = argv + ["--stop-after-steps", str(steps)]
             t0 = time.time()
             code = train.main(argv)
             if code != 0:
-                raise SystemExit(f"train.py exited {code} ({' '.join(argv)}); rerun this command to continue")
+                raise SystemExit(f"train.py exited {code} ({' '.join(argv)}); rerun this "
+                                 "command to continue")
             add_seconds(folder, time.time() - t0, restart=at is None)
-            print(f"{arm} seed {seed}: epoch {epoch} reached in {time.time() - t0:.0f} s", flush=True)
+            print(f"{arm} seed {seed}: epoch {epoch} reached in {time.time() - t0:.0f} s",
+                  flush=True)
         state = evaluate.load_checkpoint(ckpt)
         model, cfg = evaluate.load_model(ckpt, state)
         row = {"arm": arm, "seed": seed, "epoch": epoch, "images": state["step"] * args.batch_size,
-               "options": " ".join(options), **measure(model.backbone, cfg.view_size, args, seed, device),
+               "options": " ".join(options),
+               **measure(model.backbone, cfg.view_size, args, seed, device),
                **hit_rates(model, args, seed, device), **ffl_share(folder, epoch),
                "train_seconds": add_seconds(folder, 0.0)}
         append_row(args.out, row)
@@ -223,38 +242,43 @@ def pretrain_arm(args, arm, seed, done, device):
 
 
 def ffl_share(folder, epoch):
-    """The FFL's share of the ResNet's gradient (L_d's) in this epoch, from the run's metrics.jsonl: {} if the run
-    did not measure it."""
+    """The FFL's share of the ResNet's gradient (L_d's) in this epoch, from the run's metrics.jsonl:
+    {} if the run did not measure it."""
     rows = [r for r in read_rows(os.path.join(folder, "metrics.jsonl")) if r["epoch"] == epoch]
-    return {"ffl_grad_share": rows[-1]["grad_share_distillation"]} if rows and "grad_share_distillation" in rows[-1] \
-        else {}
+    if rows and "grad_share_distillation" in rows[-1]:
+        return {"ffl_grad_share": rows[-1]["grad_share_distillation"]}
+    return {}
 
 
 def read_test(args, arm, seed, done, device, ckpt, trunk=None, load=None):
-    """--split test: the arm's checkpoint as it stands in --runs, probed on test once (nothing is trained; a second
-    call finds the row and does nothing). train.py's checkpoints load themselves; the script's own arms pass their
-    trunk and a `load(state)` that puts the weights into it."""
+    """--split test: the arm's checkpoint as it stands in --runs, probed on test once (nothing is
+    trained; a second call finds the row and does nothing). train.py's checkpoints load themselves;
+    the script's own arms pass their trunk and a `load(state)` that puts the weights into it."""
     if done:
         return
     if not os.path.exists(ckpt):
-        raise SystemExit(f"error: no checkpoint {ckpt} to read on test: run this arm's curve on val first")
+        raise SystemExit(f"error: no checkpoint {ckpt} to read on test: run this arm's curve on "
+                         "val first")
     if trunk is None:
         state = evaluate.load_checkpoint(ckpt)
         model, cfg = evaluate.load_model(ckpt, state)
-        trunk, size, epoch = model.backbone, cfg.view_size, state["step"] // steps_per_epoch(args, seed)
+        trunk, size = model.backbone, cfg.view_size
+        epoch = state["step"] // steps_per_epoch(args, seed)
         images = state["step"] * args.batch_size
     else:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         load(state)
-        size, epoch = SimFLEConfig.preset("tiny", **config_overrides(args)).view_size, state["epoch"]
+        size = SimFLEConfig.preset("tiny", **config_overrides(args)).view_size
+        epoch = state["epoch"]
         images = epoch * steps_per_epoch(args, seed) * args.batch_size
-    append_row(args.out, {"arm": arm, "seed": seed, "epoch": epoch, "images": images, "split": "test",
-                          **measure(trunk, size, args, seed, device)})
+    append_row(args.out, {"arm": arm, "seed": seed, "epoch": epoch, "images": images,
+                          "split": "test", **measure(trunk, size, args, seed, device)})
     draw(args.out)
 
 
 def add_seconds(folder, seconds, restart=False):
-    """The run's training wall time (train.py calls, probes excluded), kept in its folder: -> the total so far."""
+    """The run's training wall time (train.py calls, probes excluded), kept in its folder: -> the
+    total so far."""
     path = os.path.join(folder, "curve_seconds.json")
     total = 0.0
     if os.path.exists(path) and not restart:
@@ -271,12 +295,13 @@ def steps_per_epoch(args, seed):
 
 
 def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, trunk):
-    """An arm this script trains itself (supervised, lightly-byol): one_epoch(epoch) trains an epoch of at most
-    steps_per_epoch batches; the model and optimiser are saved after each epoch and the trunk probed at the same
-    points as train.py's arms. Resumes from its checkpoint."""
+    """An arm this script trains itself (supervised, lightly-byol): one_epoch(epoch) trains an epoch
+    of at most steps_per_epoch batches; the model and optimiser are saved after each epoch and the
+    trunk probed at the same points as train.py's arms. Resumes from its checkpoint."""
     folder = run_folder(args, arm, seed)
     ckpt = os.path.join(folder, "arm.pt")
-    if args.split == "test":  # no folder made: a test read of a run that never was is an error, not an empty run
+    # no folder made: a test read of a run that never was is an error, not an empty run
+    if args.split == "test":
         return read_test(args, arm, seed, done, device, ckpt, trunk,
                          lambda state: model.load_state_dict(state["model"]))
     os.makedirs(folder, exist_ok=True)
@@ -293,11 +318,13 @@ def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, tru
         model.train()
         one_epoch(epoch)
         seconds += time.time() - t0
-        train.save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch + 1, "seconds": seconds})
+        train.save_checkpoint(ckpt, {"model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                     "seconds": seconds})
         if epoch + 1 in points_now(args) and epoch + 1 not in done:
             row = {"arm": arm, "seed": seed, "epoch": epoch + 1,
-                   "images": (epoch + 1) * steps_per_epoch(args, seed) * args.batch_size, "options": COMMON,
+                   "images": (epoch + 1) * steps_per_epoch(args, seed) * args.batch_size,
+                   "options": COMMON,
                    **measure(trunk, size, args, seed, device), "train_seconds": seconds}
             append_row(args.out, row)
             draw(args.out)
@@ -309,13 +336,15 @@ def cosine_lr(optimizer, base_lr, epoch, epochs):
 
 
 def supervised_arm(args, seed, done, device):
-    """The trunk trained on the labels, with the pretraining's batch and images seen: SGD momentum 0.9, lr 0.05 x
-    batch/256 cosine per epoch (train.py's schedule), wd 1e-4, the probe's RandomResizedCrop + flip."""
+    """The trunk trained on the labels, with the pretraining's batch and images seen: SGD momentum
+    0.9, lr 0.05 x batch/256 cosine per epoch (train.py's schedule), wd 1e-4, the probe's
+    RandomResizedCrop + flip."""
     cfg = SimFLEConfig.preset("tiny", **config_overrides(args))
     train_base = dataset(args.data, args.root, "train", seed)
     torch.manual_seed(seed)
     trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
-    model = torch.nn.Sequential(trunk, torch.nn.Linear(trunk.dim, len(train_base.classes))).to(device)
+    head = torch.nn.Linear(trunk.dim, len(train_base.classes))
+    model = torch.nn.Sequential(trunk, head).to(device)
     lr = 0.05 * args.batch_size / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     view = data.ProbeView(train_base, cfg.view_size, train=True, seed=seed)
@@ -335,7 +364,8 @@ def supervised_arm(args, seed, done, device):
 
 
 class PilFaces(torch.utils.data.Dataset):
-    """A FaceDataset's images as PIL images through a transform (lightly's transforms take PIL images)."""
+    """A FaceDataset's images as PIL images through a transform (lightly's transforms take PIL
+    images)."""
 
     def __init__(self, base, transform):
         self.base, self.transform = base, transform
@@ -349,23 +379,26 @@ class PilFaces(torch.utils.data.Dataset):
 
 
 def lightly_byol_arm(args, seed, done, device):
-    """Cross-check of the GFL: BYOL as a widely used library implements it (lightly: its projection and prediction
-    heads, negative-cosine loss, momentum update and BYOLTransform views, with its example's SGD lr 0.06 and momentum
-    0.996 -> 1 on a cosine), on the same faces, trunk (the arms' narrow ResNet), view size, batch and images seen.
-    lightly is installed for this benchmark only (pip install lightly), never a requirement of the project."""
+    """Cross-check of the GFL: BYOL as a widely used library implements it (lightly: its projection
+    and prediction heads, negative-cosine loss, momentum update and BYOLTransform views, with its
+    example's SGD lr 0.06 and momentum 0.996 -> 1 on a cosine), on the same faces, trunk (the arms'
+    narrow ResNet), view size, batch and images seen. lightly is installed for this benchmark only
+    (pip install lightly), never a requirement of the project."""
     try:
         from lightly.loss import NegativeCosineSimilarity
         from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
         from lightly.models.utils import update_momentum
-        from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+        from lightly.transforms.byol_transform import (BYOLTransform, BYOLView1Transform,
+                                                       BYOLView2Transform)
         from lightly.utils.scheduler import cosine_schedule
     except ImportError:
-        raise SystemExit("error: the lightly-byol arm needs the lightly package, for this benchmark only: "
-                         "pip install lightly") from None
+        raise SystemExit("error: the lightly-byol arm needs the lightly package, for this "
+                         "benchmark only: pip install lightly") from None
     cfg = SimFLEConfig.preset("tiny", **config_overrides(args))
     torch.manual_seed(seed)
     trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
-    model = torch.nn.ModuleDict({"backbone": trunk, "projection": BYOLProjectionHead(trunk.dim, 1024, 256),
+    model = torch.nn.ModuleDict({"backbone": trunk,
+                                 "projection": BYOLProjectionHead(trunk.dim, 1024, 256),
                                  "prediction": BYOLPredictionHead(256, 1024, 256)})
     model["target_backbone"] = copy.deepcopy(trunk).requires_grad_(False)
     model["target_projection"] = copy.deepcopy(model["projection"]).requires_grad_(False)
@@ -378,13 +411,15 @@ def lightly_byol_arm(args, seed, done, device):
 
     def one_epoch(epoch):
         m = cosine_schedule(epoch, args.epochs, 0.996, 1)
-        batches = torch.utils.data.DataLoader(views, batch_size=args.batch_size, shuffle=True, drop_last=True,
+        batches = torch.utils.data.DataLoader(views, batch_size=args.batch_size, shuffle=True,
+                                              drop_last=True,
                                               generator=torch.Generator().manual_seed(seed + epoch))
         for _, (x0, x1) in zip(range(steps_per_epoch(args, seed)), batches):
             update_momentum(model["backbone"], model["target_backbone"], m)
             update_momentum(model["projection"], model["target_projection"], m)
             x0, x1 = x0.to(device), x1.to(device)
-            p0, p1 = (model["prediction"](model["projection"](model["backbone"](x))) for x in (x0, x1))
+            p0, p1 = (model["prediction"](model["projection"](model["backbone"](x)))
+                      for x in (x0, x1))
             with torch.no_grad():
                 z0, z1 = (model["target_projection"](model["target_backbone"](x)) for x in (x0, x1))
             loss = 0.5 * (criterion(p0, z1) + criterion(p1, z0))
@@ -398,134 +433,38 @@ def lightly_byol_arm(args, seed, done, device):
 def config_overrides(args):
     """The model fields COMMON and --options set (for the arms that do not go through train.py)."""
     parsed = train.build_parser().parse_args(shlex.split(COMMON) + shlex.split(args.options))
-    return {f: getattr(parsed, f) for f in SimFLEConfig.__dataclass_fields__ if getattr(parsed, f) is not None}
+    return {f: getattr(parsed, f) for f in SimFLEConfig.__dataclass_fields__
+            if getattr(parsed, f) is not None}
 
 
 def baselines(args, seed, done, device):
-    """Budget-free lines: the random trunk of the arms' architecture as initialised (train.py seeds torch right before
-    it builds the model) and with BatchNorm statistics of the training faces, and pixels at 32x32."""
+    """Budget-free lines: the random trunk of the arms' architecture as initialised (train.py seeds
+    torch right before it builds the model) and with BatchNorm statistics of the training faces, and
+    pixels at 32x32."""
     cfg = SimFLEConfig.preset("tiny", **config_overrides(args))
     torch.manual_seed(seed)
     trunk = SimFLE(cfg).backbone
     train_base = datasets(args, seed)[0]
     trunks = {"random trunk": (trunk, cfg.view_size),
-              "random trunk, BN statistics": (evaluate.recompute_batchnorm(copy.deepcopy(trunk), train_base,
-                                                                           cfg.view_size, device), cfg.view_size),
+              "random trunk, BN statistics": (evaluate.recompute_batchnorm(
+                  copy.deepcopy(trunk), train_base, cfg.view_size, device), cfg.view_size),
               "pixels 32x32": (Pixels(32), 32)}
     for name, (t, size) in trunks.items():
         if name not in done:
-            append_row(args.out, {"arm": name, "seed": seed, "epoch": 0, "images": 0, "options": COMMON,
+            append_row(args.out, {"arm": name, "seed": seed, "epoch": 0, "images": 0,
+                                  "options": COMMON,
                                   **({"split": "test"} if args.split == "test" else {}),
                                   **measure(t, size, args, seed, device)})
-    if train_base.num_landmarks and "semantic masking, untrained" not in done:  # where the hit rate starts
+    # where the hit rate starts
+    if train_base.num_landmarks and "semantic masking, untrained" not in done:
         torch.manual_seed(seed)
-        append_row(args.out, {"arm": "semantic masking, untrained", "seed": seed, "epoch": 0, "images": 0,
-                              "options": COMMON, **hit_rates(SimFLE(cfg), args, seed, device)})
+        append_row(args.out, {"arm": "semantic masking, untrained", "seed": seed, "epoch": 0,
+                              "images": 0, "options": COMMON,
+                              **hit_rates(SimFLE(cfg), args, seed, device)})
     draw(args.out)
 
 
 # ----------------------------------------------------------------------------- picture and table
-
-
-def summarise(rows):
-    """-> {arm: {images: [rows]}}."""
-    out = {}
-    for r in rows:
-        out.setdefault(r["arm"], {}).setdefault(r["images"], []).append(r)
-    return out
-
-
-def mean_std(values):
-    """-> (mean, std over the values, or None for a single value: one seed has no spread to show)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def cell(values):
-    """A table cell: mean ± std over the seeds, the mean alone for one seed, "–" where nothing was measured."""
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
-
-
-def draw(path):
-    """The curves of every row in `path`: <path>.png (linear probe and k-NN against images seen) and <path>.md."""
-    rows = read_rows(path)
-    arms = summarise(rows)
-    stem = os.path.splitext(path)[0]
-    split = "test" if any(r.get("split") == "test" for r in rows) else "val"
-    lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
-             f"{split} without copies in train: linear / k-NN (%) | hit rate / random / central (%) | "
-             "FFL's share of the ResNet's gradient (%) |", "|---|---|---|---|---|---|---|---|---|"]
-    for arm, points in arms.items():
-        for images in sorted(points):
-            rs = points[images]
-            lin, knn, lin_d, knn_d = (cell([100 * r[k] for r in rs if k in r])
-                                      for k in ("linear", "knn", "linear_dedup", "knn_dedup"))
-            dedup = f"{lin_d} / {knn_d}" if lin_d != "–" else "–"
-            hit = ""
-            if "hit_rate" in rs[0]:
-                hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
-                                 for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
-            share = cell([100 * r["ffl_grad_share"] for r in rs if "ffl_grad_share" in r])
-            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | {dedup} | {hit} | "
-                         f"{share if share != '–' else ''} |")
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no picture drawn")
-        return
-    with_hits = any("hit_rate" in r for r in rows)
-    fig, axes = plt.subplots(1, 3 if with_hits else 2, figsize=(15 if with_hits else 11, 4.5), dpi=110)
-    ticks = sorted({x for points in arms.values() for x in points if x > 0})
-    for ax, key, title in zip(axes, ("linear", "knn"), ("linear probe (cached features)", "k-NN (k = 20)")):
-        for k, (arm, points) in enumerate(arms.items()):
-            xs = sorted(x for x in points if key in points[x][0])
-            if not xs:
-                continue
-            ms = [mean_std([100 * r[key] for r in points[x]]) for x in xs]
-            if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
-                (m, s), = ms
-                ax.axhline(m, ls="--", lw=1, color=f"C{k}", label=arm)
-                if s:
-                    ax.axhspan(m - s, m + s, color=f"C{k}", alpha=0.12, lw=0)
-                continue
-            ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4, capsize=3, color=f"C{k}", label=arm)
-        ax.set_ylabel(f"{split} accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{os.path.basename(stem).split('_')[0].upper()}, {split} split, against images seen; bars and bands: ± std over seeds, dashed: baselines", fontsize=10)
-    if with_hits:
-        ax = axes[2]
-        controls = next(r for r in rows if "hit_rate_random" in r)
-        ax.axhline(100 * controls["hit_rate_random"], ls=":", color="grey", label="random masking")
-        ax.axhline(100 * controls["hit_rate_central"], ls="--", color="black", label="fixed mask, central patches")
-        for k, (arm, points) in enumerate(arms.items()):
-            xs = sorted(x for x in points if "hit_rate" in points[x][0])
-            if xs == [0]:  # the masking as initialised: where training starts from
-                ax.axhline(100 * statistics.mean(r["hit_rate"] for r in points[0]), ls="-.", color=f"C{k}", label=arm)
-            elif xs:
-                ax.plot(xs, [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs], marker="o",
-                        color=f"C{k}", label=arm)
-        ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
-        ax.set_ylabel("landmarks in visible patches (%)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes:  # one x axis for every panel: the budgets measured, on a log scale
-        ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("images seen in pretraining (log scale)")
-    fig.tight_layout()
-    tmp = f"{stem}.{os.getpid()}.tmp.png"  # two runs may write the same picture: each its own temporary
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, stem + ".png")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -538,24 +477,33 @@ def main(argv=None):
     p.add_argument("--arms", default="", help=f"comma-separated, of: {', '.join(ARMS)}")
     p.add_argument("--baselines", action="store_true", help="also the budget-free baselines")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--images", type=int, default=200_000, help="pretraining budget per arm, in images seen")
-    p.add_argument("--epochs", type=int, default=None, help="the budget in epochs instead (overrides --images)")
+    p.add_argument("--images", type=int, default=200_000,
+                   help="pretraining budget per arm, in images seen")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="the budget in epochs instead (overrides --images)")
     p.add_argument("--until", type=int, default=None, metavar="EPOCH",
-                   help="stop after the probe point at this epoch (the schedule stays --images'); rerun to go on")
+                   help="stop after the probe point at this epoch (the schedule stays --images'); "
+                        "rerun to go on")
     p.add_argument("--batch-size", type=int, default=64, help="the tiny preset's")
-    p.add_argument("--options", default="", help="more train.py options for every arm, e.g. '--crop-scale 0.3'")
+    p.add_argument("--options", default="",
+                   help="more train.py options for every arm, e.g. '--crop-scale 0.3'")
     p.add_argument("--split", default="val", choices=["val", "test"],
-                   help="held-out split: val to choose; test once, for the checkpoints as they stand (no training)")
+                   help="held-out split: val to choose; test once, for the checkpoints as they "
+                        "stand (no training)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (dry runs)")
     p.add_argument("--runs", default="runs/learning_curve")
-    p.add_argument("--out", default=None, help="rows (JSONL; default benchmarks/results/<data>_curve[_test].jsonl)")
+    p.add_argument("--out", default=None,
+                   help="rows (JSONL; default benchmarks/results/<data>_curve[_test].jsonl)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps (training and probes)")
-    p.add_argument("--workers", type=int, default=None, help="train.py's data-loading processes (default: its own)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="train.py's data-loading processes (default: its own)")
     p.add_argument("--probe-cap", type=int, default=None, metavar="N",
-                   help="probe with N training and N/4 held-out faces drawn at random instead of all (dry runs)")
+                   help="probe with N training and N/4 held-out faces drawn at random instead of "
+                        "all (dry runs)")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args(argv)
-    args.out = args.out or f"benchmarks/results/{args.data}_curve{'_test' if args.split == 'test' else ''}.jsonl"
+    suffix = "_test" if args.split == "test" else ""
+    args.out = args.out or f"benchmarks/results/{args.data}_curve{suffix}.jsonl"
     if args.plot_only:
         draw(args.out)
         return 0
@@ -564,10 +512,13 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
     if any(r.get("split", "val") != args.split for r in read_rows(args.out)):
-        p.error(f"{args.out} holds rows of another split: val and test rows go to their own files (--out)")
+        p.error(f"{args.out} holds rows of another split: val and test rows go to their own files "
+                "(--out)")
     if "--batch-size" in args.options:
         p.error("give the batch size as --batch-size, not inside --options")
-    args.options += f" --batch-size {args.batch_size}" + (f" --max-steps {args.max_steps}" if args.max_steps else "")
+    args.options += f" --batch-size {args.batch_size}"
+    if args.max_steps:
+        args.options += f" --max-steps {args.max_steps}"
     device = torch.device(args.device)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     try:
@@ -576,11 +527,12 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     args.epochs = args.epochs or max(1, math.ceil(args.images / per_epoch))
     if args.split == "test":
-        print(f"{args.data}: the checkpoints in {args.runs} as they stand, probed on test once -> {args.out}",
-              flush=True)
+        print(f"{args.data}: the checkpoints in {args.runs} as they stand, probed on test once -> "
+              f"{args.out}", flush=True)
     else:
-        print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = {args.epochs * per_epoch:,} images "
-              f"per arm; probed at epochs {points_now(args)} on val", flush=True)
+        print(f"{args.data}: {per_epoch:,} images an epoch; {args.epochs} epochs = "
+              f"{args.epochs * per_epoch:,} images per arm; probed at epochs {points_now(args)} on "
+              "val", flush=True)
     for seed in args.seeds:
         rows = [r for r in read_rows(args.out) if r["seed"] == seed]
         if args.baselines:

@@ -4,8 +4,8 @@ PROBE_LRS (1 to 0.01) on 10 % of the training faces held out, and on FER2013 it 
 0.01, for nearly every trunk. This scores a wider grid (down to 0.0003) for a few trunks, on the
 same hold-out and on the held-out split:
 
-    python benchmarks/probe_lr_check.py --data fer2013 --trunks random runs/learning_curve/fer2013-simclr-s0/last.pt \\
-        runs/learning_curve/fer2013-byol-s0/last.pt
+    python benchmarks/probe_lr_check.py --data fer2013 --trunks random \\
+        runs/learning_curve/fer2013-simclr-s0/last.pt runs/learning_curve/fer2013-byol-s0/last.pt
         runs/learning_curve/fer2013-lightly-byol-s0/arm.pt \\
         --out benchmarks/results/fer2013_probe_lr.md
 

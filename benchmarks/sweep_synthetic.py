@@ -77,7 +77,8 @@ def baselines(seed, device, look="aligned"):
 
 
 def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None):
-    """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is probed again)."""
+    """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is
+    probed again)."""
     run_dir = os.path.join(out_dir, f"{name}-s{seed}")
     argv = shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--probe", "false",
                                    "--knn-samples", "0", "--overwrite"]
@@ -114,7 +115,8 @@ def table(rows):
 
     def ms(values):
         values = [100 * v for v in values]
-        return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.1f}{spread}"
     for name, rs in by_name.items():
         lines.append(f"| {name} | `{rs[0]['options'] or '(defaults)'}` | "
                      f"{','.join(str(r['seed']) for r in rs)} | "
@@ -137,7 +139,8 @@ def main():
     p.add_argument("--baselines", action="store_true",
                    help="only print the untrained baselines on val")
     p.add_argument("--probe-size", type=int, default=None,
-                   help="probe the finished runs of --config again at this image size (no training)")
+                   help="probe the finished runs of --config again at this image size (no "
+                        "training)")
     args = p.parse_args()
     if args.baselines:
         for seed in args.seeds:
@@ -152,8 +155,8 @@ def main():
             name, _, options = spec.partition(":")
             for seed in args.seeds:
                 if args.probe_size:
-                    if (f"{name}, probed at {args.probe_size} px", seed) in done or (name,
-                                                                                     seed) not in done:
+                    probed = (f"{name}, probed at {args.probe_size} px", seed)
+                    if probed in done or (name, seed) not in done:
                         continue
                     row = run_one(name, options, seed, args.runs, device, args.probe_size,
                                   done[name, seed]["train_seconds"])

@@ -60,18 +60,11 @@ def test_no_import_cycle_among_the_top_level_modules():
 
 # the project's own Python files; the tutorial's files have their own owner and tests
 TUTORIAL = {"tutorial/tutorial.py", "tutorial/exercises.py", "tutorial/solutions.py",
-            "tutorial/make.py",
-            "tests/test_notebook.py", "tests/test_exercises.py"}
-OWN = sorted(p for p in (os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, "**",
-                                                                                  "*.py"),
-                                                                     recursive=True))
+            "tutorial/make.py", "tests/test_notebook.py", "tests/test_exercises.py"}
+ALL_PY = (os.path.relpath(f, ROOT)
+          for f in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True))
+OWN = sorted(p for p in ALL_PY
              if p not in TUTORIAL and not p.startswith((".", "runs", "data" + os.sep)))
-# files whose lines are not all wrapped at 100 yet: the benchmark scripts (the modules a reader
-# reads, simfle.py, train.py, eval.py, data.py, hubconf.py, support/ and the tests, are)
-LONG_LINES_FOR_NOW = {p for p in OWN if p.startswith("benchmarks" + os.sep)}
-OVER_600_FOR_NOW = set()
-LONG_FUNCTIONS_FOR_NOW = set()
-READING_PATH = {"simfle.py", "train.py", "eval.py", "data.py"}
 
 
 def functions(path):
@@ -83,11 +76,11 @@ def functions(path):
 @pytest.mark.parametrize("path", OWN)
 def test_no_function_longer_than_80_lines(path):
     long = {name: n for name, n in functions(path).items()
-            if n > 80 and (path, name) not in LONG_FUNCTIONS_FOR_NOW}
+            if n > 80}
     assert not long, f"{path}: functions over 80 lines: {long}"
 
 
-@pytest.mark.parametrize("path", [p for p in OWN if p not in OVER_600_FOR_NOW])
+@pytest.mark.parametrize("path", OWN)
 def test_no_module_over_600_lines(path):
     n = len(open(os.path.join(ROOT, path)).read().splitlines())
     assert n <= 600, f"{path}: {n} lines"
@@ -97,7 +90,7 @@ def test_train_py_reads_on_a_few_screens():
     assert len(open(os.path.join(ROOT, "train.py")).read().splitlines()) <= 350
 
 
-@pytest.mark.parametrize("path", [p for p in OWN if p not in LONG_LINES_FOR_NOW])
+@pytest.mark.parametrize("path", OWN)
 def test_no_line_over_100_characters(path):
     long = [i for i, line in enumerate(open(os.path.join(ROOT, path)).read().splitlines(), 1)
             if len(line) > 100]

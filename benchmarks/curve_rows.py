@@ -1,0 +1,137 @@
+"""The rows of a learning curve (benchmarks/learning_curve.py): read and appended as JSONL, and the
+table (.md) and picture (.png) drawn from every row of a file."""
+import json
+import os
+import statistics
+
+def read_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_row(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    print(json.dumps(row), flush=True)
+
+
+def summarise(rows):
+    """-> {arm: {images: [rows]}}."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["arm"], {}).setdefault(r["images"], []).append(r)
+    return out
+
+
+def mean_std(values):
+    """-> (mean, std over the values, or None for a single value: one seed has no spread to show).
+    """
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def cell(values):
+    """A table cell: mean ± std over the seeds, the mean alone for one seed, "–" where nothing was
+    measured."""
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
+
+
+def write_table(arms, split, path):
+    """The table of the curves: one line per arm and probe point, mean ± std over the seeds."""
+    lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
+             f"{split} without copies in train: linear / k-NN (%) | "
+             "hit rate / random / central (%) | FFL's share of the ResNet's gradient (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, points in arms.items():
+        for images in sorted(points):
+            rs = points[images]
+            lin, knn, lin_d, knn_d = (cell([100 * r[k] for r in rs if k in r])
+                                      for k in ("linear", "knn", "linear_dedup", "knn_dedup"))
+            dedup = f"{lin_d} / {knn_d}" if lin_d != "–" else "–"
+            hit = ""
+            if "hit_rate" in rs[0]:
+                hit = " / ".join(f"{statistics.mean(100 * r[k] for r in rs):.1f}"
+                                 for k in ("hit_rate", "hit_rate_random", "hit_rate_central"))
+            share = cell([100 * r["ffl_grad_share"] for r in rs if "ffl_grad_share" in r])
+            lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | "
+                         f"{dedup} | {hit} | {share if share != '–' else ''} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def draw(path):
+    """The curves of every row in `path`: <path>.png (linear probe and k-NN against images seen) and
+    <path>.md."""
+    rows = read_rows(path)
+    arms = summarise(rows)
+    stem = os.path.splitext(path)[0]
+    split = "test" if any(r.get("split") == "test" for r in rows) else "val"
+    write_table(arms, split, stem + ".md")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no picture drawn")
+        return
+    with_hits = any("hit_rate" in r for r in rows)
+    fig, axes = plt.subplots(1, 3 if with_hits else 2, figsize=(15 if with_hits else 11, 4.5),
+                             dpi=110)
+    ticks = sorted({x for points in arms.values() for x in points if x > 0})
+    titles = ("linear probe (cached features)", "k-NN (k = 20)")
+    for ax, key, title in zip(axes, ("linear", "knn"), titles):
+        for k, (arm, points) in enumerate(arms.items()):
+            xs = sorted(x for x in points if key in points[x][0])
+            if not xs:
+                continue
+            ms = [mean_std([100 * r[key] for r in points[x]]) for x in xs]
+            if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
+                (m, s), = ms
+                ax.axhline(m, ls="--", lw=1, color=f"C{k}", label=arm)
+                if s:
+                    ax.axhspan(m - s, m + s, color=f"C{k}", alpha=0.12, lw=0)
+                continue
+            ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4,
+                        capsize=3, color=f"C{k}", label=arm)
+        ax.set_ylabel(f"{split} accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    dataset = os.path.basename(stem).split("_")[0].upper()
+    fig.suptitle(f"{dataset}, {split} split, against images seen; bars and bands: ± std over "
+                 "seeds, dashed: baselines", fontsize=10)
+    if with_hits:
+        ax = axes[2]
+        controls = next(r for r in rows if "hit_rate_random" in r)
+        ax.axhline(100 * controls["hit_rate_random"], ls=":", color="grey", label="random masking")
+        ax.axhline(100 * controls["hit_rate_central"], ls="--", color="black",
+                   label="fixed mask, central patches")
+        for k, (arm, points) in enumerate(arms.items()):
+            xs = sorted(x for x in points if "hit_rate" in points[x][0])
+            if xs == [0]:  # the masking as initialised: where training starts from
+                start = statistics.mean(r["hit_rate"] for r in points[0])
+                ax.axhline(100 * start, ls="-.", color=f"C{k}", label=arm)
+            elif xs:
+                rates = [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs]
+                ax.plot(xs, rates, marker="o", color=f"C{k}", label=arm)
+        ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
+        ax.set_ylabel("landmarks in visible patches (%)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes:  # one x axis for every panel: the budgets measured, on a log scale
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("images seen in pretraining (log scale)")
+    fig.tight_layout()
+    # two runs may write the same picture: each its own temporary
+    tmp = f"{stem}.{os.getpid()}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, stem + ".png")
