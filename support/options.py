@@ -126,7 +126,8 @@ def parse_args(argv=None):
     resume_options(args, argv, parser, RUNTIME_OPTIONS)
     if args.preset is None and args.data == "synthetic":  # the quick start
         for key, value in QUICK_START.items():
-            setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+            if getattr(args, key) is None:  # an option given on the command line stays as given
+                setattr(args, key, value)
     args.augment = args.augment or "loader"
     args.preset = args.preset or ("tiny" if args.data == "synthetic" else "paper")
     for key, value in TRAIN_DEFAULTS[args.preset].items():
