@@ -1,8 +1,16 @@
-"""The rows of a learning curve (benchmarks/learning_curve.py): read and appended as JSONL, and the
-table (.md) and picture (.png) drawn from every row of a file."""
+"""The rows of a learning curve (benchmarks/learning_curve.py): read and appended as JSONL, the
+table (.md) and picture (.png) drawn from every row of a file, and two arms' paired difference.
+
+    python benchmarks/curve_rows.py benchmarks/results/fer2013_curve.jsonl \
+        --difference simclr+semantic+open simclr+random+open   # the table, to standard output
+    python benchmarks/curve_rows.py benchmarks/results/fer2013_curve.jsonl \
+        --readme simclr simclr+semantic+open                    # README lines, one per arm
+"""
+import argparse
 import json
 import os
 import statistics
+import sys
 
 def read_rows(path):
     if not os.path.exists(path):
@@ -135,3 +143,105 @@ def draw(path):
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, stem + ".png")
+
+
+# ----------------------------------------------------------------------------- two arms compared
+
+
+def by_seed(rows, arm, epoch, key):
+    """{seed: value of `key`} of one arm at one probe point."""
+    return {r["seed"]: r[key] for r in rows
+            if r["arm"] == arm and r["epoch"] == epoch and key in r}
+
+
+def paired_difference(rows, a, b, epoch, key):
+    """a − b on `key` at `epoch`, per seed measured in both arms (in points, seed order) -> list."""
+    xa, xb = by_seed(rows, a, epoch, key), by_seed(rows, b, epoch, key)
+    return [100 * (xa[s] - xb[s]) for s in sorted(set(xa) & set(xb))]
+
+
+def points(d):
+    """A difference in points with its sign, 0.0 without one."""
+    return f"{d:+.1f}".replace("+0.0", "0.0").replace("-0.0", "0.0")
+
+
+def signed(values):
+    """Signed mean ± std of differences in points ("–" where there are none)."""
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return points(m) if s is None else f"{points(m)} ± {s:.1f}"
+
+
+def difference_table(rows, a, b):
+    """Markdown: a and b per epoch over the seeds measured in both (mean ± std, linear / k-NN, and
+    the FFL's share of the ResNet's gradient), a − b per seed and its mean ± std, with and without
+    the held-out faces copied from Training."""
+    epochs = sorted({r["epoch"] for r in rows if r["arm"] in (a, b) and r["epoch"] > 0})
+    lines = [f"| epoch | seeds | A = {a} | B = {b} | A − B, per seed | mean ± std | "
+             "mean ± std without copies |", "|---|---|---|---|---|---|---|"]
+    for e in epochs:
+        seeds = sorted(set(by_seed(rows, a, e, "linear")) & set(by_seed(rows, b, e, "linear")))
+        if not seeds:
+            continue
+        arms = []
+        for arm in (a, b):
+            lin, knn = (cell([100 * by_seed(rows, arm, e, k)[s] for s in seeds])
+                        for k in ("linear", "knn"))
+            share = [by_seed(rows, arm, e, "ffl_grad_share").get(s) for s in seeds]
+            share = "" if None in share else f" ({100 * statistics.mean(share):.0f} %)"
+            arms.append(f"{lin} / {knn}{share}")
+        lin, knn = (paired_difference(rows, a, b, e, k) for k in ("linear", "knn"))
+        per_seed = " / ".join(", ".join(map(points, ds)) for ds in (lin, knn))
+        dedup = " / ".join(signed(paired_difference(rows, a, b, e, k))
+                           for k in ("linear_dedup", "knn_dedup"))
+        lines.append(f"| {e} | {', '.join(map(str, seeds))} | {arms[0]} | {arms[1]} | "
+                     f"{per_seed} | {signed(lin)} / {signed(knn)} | {dedup} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_line(rows, arm, epochs):
+    """One arm's README line: linear / k-NN, mean±std over its seeds at each epoch ('–' where not
+    measured), labelled with its seeds and the epochs that have fewer."""
+    cells, seeds = [], {}
+    for e in epochs:
+        lin, knn = (cell([100 * v for v in by_seed(rows, arm, e, k).values()])
+                    for k in ("linear", "knn"))
+        cells.append("–" if lin == "–" else f"{lin} / {knn}".replace(" ± ", "±"))
+        if lin != "–":
+            seeds[e] = tuple(sorted(by_seed(rows, arm, e, "linear")))
+    every = max(seeds.values(), key=len, default=())
+    fewer = {}
+    for e, s in seeds.items():
+        if s != every:
+            fewer.setdefault(s, []).append(str(e))
+    label = f"{arm}, seed{'s' if len(every) > 1 else ''} {', '.join(map(str, every))}"
+    if fewer:
+        label += " (" + "; ".join(f"epoch{'s' if len(es) > 1 else ''} {', '.join(es)}: "
+                                  f"{', '.join(map(str, s))}" for s, es in fewer.items()) + ")"
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("rows", help="a learning curve's .jsonl")
+    p.add_argument("--difference", nargs=2, metavar=("A", "B"),
+                   help="print A − B per epoch, paired by seed")
+    p.add_argument("--readme", nargs="+", metavar="ARM", help="print README lines of these arms")
+    p.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 4, 8, 14])
+    args = p.parse_args(argv)
+    rows = read_rows(args.rows)
+    if not rows:
+        p.exit(2, f"error: no rows in {args.rows}\n")
+    if args.difference:
+        missing = [a for a in args.difference if not any(r["arm"] == a for r in rows)]
+        if missing:
+            p.exit(2, f"error: no rows of {', '.join(missing)} in {args.rows}\n")
+        sys.stdout.write(difference_table(rows, *args.difference))
+    for arm in args.readme or []:
+        print(readme_line(rows, arm, args.epochs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,8 +16,9 @@ from support.run import check_same_model, resume_options
 # training defaults per preset (the paper: batch 256, 100 epochs; tiny: minutes on a laptop CPU)
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
                   "tiny": dict(epochs=2, batch_size=64, crop_scale=0.08, warmup_epochs=0.0)}
-# options that belong to this invocation, never taken from a checkpoint on --resume
-RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "augment", "out",
+# options that belong to this invocation, never taken from a checkpoint on --resume (--augment is
+# not one: where the views are made changes their random draws, so a resumed run keeps its own)
+RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile", "out",
                    "activation_checkpointing", "stop_after_steps", "tensorboard", "overwrite"}
 # `python train.py` (built-in faces, no --preset): the tiny preset with a narrow ResNet-18 and the
 # views augmented on the device, the speed levers that keep the paper's masking geometry

@@ -303,6 +303,37 @@ def test_curve_table_and_picture_from_rows(tmp_path):
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_two_arms_are_compared_seed_by_seed(tmp_path, capsys):
+    """A − B is taken per seed measured in both arms (a seed of one arm alone is left out of both
+    columns), with its mean ± std; the README line says which epochs have fewer seeds."""
+    import curve_rows
+
+    def row(arm, seed, epoch, linear, knn, **more):
+        return {"arm": arm, "seed": seed, "epoch": epoch, "images": 10 * epoch, "linear": linear,
+                "knn": knn, **more}
+    rows = [row("a", 0, 8, 0.40, 0.30, ffl_grad_share=0.1), row("b", 0, 8, 0.38, 0.31,
+                                                                ffl_grad_share=0.3),
+            row("a", 1, 8, 0.42, 0.30, ffl_grad_share=0.1), row("b", 1, 8, 0.41, 0.30,
+                                                                ffl_grad_share=0.3),
+            row("a", 2, 8, 0.90, 0.90), row("a", 2, 4, 0.35, 0.25)]
+    assert curve_rows.paired_difference(rows, "a", "b", 8, "linear") == pytest.approx([2.0, 1.0])
+    assert curve_rows.paired_difference(rows, "a", "b", 4, "linear") == []
+    table = curve_rows.difference_table(rows, "a", "b").splitlines()
+    assert len(table) == 3  # epoch 4 has no seed in both arms
+    assert table[2] == ("| 8 | 0, 1 | 41.0 ± 1.4 / 30.0 ± 0.0 (10 %) | "
+                        "39.5 ± 2.1 / 30.5 ± 0.7 (30 %) | +2.0, +1.0 / -1.0, 0.0 | "
+                        "+1.5 ± 0.7 / -0.5 ± 0.7 | – / – |")
+    assert curve_rows.readme_line(rows, "a", [4, 8, 14]) == \
+        "| a, seeds 0, 1, 2 (epoch 4: 2) | 35.0 / 25.0 | 57.3±28.3 / 50.0±34.6 | – |"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert curve_rows.main([str(path), "--difference", "a", "b"]) == 0
+    assert capsys.readouterr().out.splitlines() == table
+    with pytest.raises(SystemExit) as e:
+        curve_rows.main([str(path), "--difference", "a", "c"])
+    assert e.value.code == 2 and "no rows of c" in capsys.readouterr().err
+
+
 def test_held_out_faces_copied_from_train_are_found_counted_and_left_out(tmp_path, capsys):
     """Two PublicTest faces are Training faces saved again (one brighter by a few levels, still a
     near-exact copy); prepare_fer2013 counts and lists them, eval.py scores the split with and

@@ -125,12 +125,15 @@ def test_train_then_eval_on_synthetic(tmp_path):
     assert len(report["classes"]) == 7 and 0 <= report["accuracy"] <= 1
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("augment", ["loader", "device"])
+def test_resume_is_exact(tmp_path, augment):
+    """A run stopped mid-epoch and resumed with only --resume (its views made where they were
+    made before) ends with the weights and losses of the run never stopped."""
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
-    assert train.cli(QUICK + ["--epochs", "2", "--out", straight, "--knn-samples", "0"]) == 0
+    options = QUICK + ["--epochs", "2", "--knn-samples", "0", "--augment", augment]
+    assert train.cli(options + ["--out", straight]) == 0
     # stop in the middle of epoch 1 (step 1 of 2), then resume to the end
-    assert train.cli(QUICK + ["--epochs", "2", "--out", cut, "--knn-samples", "0",
-                              "--stop-after-steps", "1"]) == 0
+    assert train.cli(options + ["--out", cut, "--stop-after-steps", "1"]) == 0
     assert not os.path.exists(os.path.join(cut, "metrics.jsonl"))
     assert train.cli(["--resume", os.path.join(cut, "last.pt"), "--device", "cpu", "--workers",
                       "0"]) == 0
