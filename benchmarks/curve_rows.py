@@ -5,6 +5,7 @@ table (.md) and picture (.png) drawn from every row of a file, and two arms' pai
         --difference simclr+semantic+open simclr+random+open   # the table, to standard output
     python benchmarks/curve_rows.py benchmarks/results/fer2013_curve.jsonl \
         --readme simclr simclr+semantic+open                    # README lines, one per arm
+    (--difference A B --line: the difference as a README line)
 """
 import argparse
 import json
@@ -222,12 +223,25 @@ def readme_line(rows, arm, epochs):
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
+def difference_line(rows, a, b, epochs):
+    """README line of a − b, paired by seed: linear / k-NN, mean±std at each epoch."""
+    cells, seeds = [], set()
+    for e in epochs:
+        lin, knn = (paired_difference(rows, a, b, e, k) for k in ("linear", "knn"))
+        seeds |= set(by_seed(rows, a, e, "linear")) & set(by_seed(rows, b, e, "linear"))
+        cells.append(f"{signed(lin)} / {signed(knn)}".replace(" ± ", "±") if lin else "–")
+    return (f"| {a} − {b}, per seed, seeds {', '.join(map(str, sorted(seeds)))} | "
+            + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("rows", help="a learning curve's .jsonl")
     p.add_argument("--difference", nargs=2, metavar=("A", "B"),
                    help="print A − B per epoch, paired by seed")
     p.add_argument("--readme", nargs="+", metavar="ARM", help="print README lines of these arms")
+    p.add_argument("--line", action="store_true",
+                   help="with --difference: the README line instead of the table")
     p.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 4, 8, 14])
     args = p.parse_args(argv)
     rows = read_rows(args.rows)
@@ -237,7 +251,10 @@ def main(argv=None):
         missing = [a for a in args.difference if not any(r["arm"] == a for r in rows)]
         if missing:
             p.exit(2, f"error: no rows of {', '.join(missing)} in {args.rows}\n")
-        sys.stdout.write(difference_table(rows, *args.difference))
+        if args.line:
+            print(difference_line(rows, *args.difference, args.epochs))
+        else:
+            sys.stdout.write(difference_table(rows, *args.difference))
     for arm in args.readme or []:
         print(readme_line(rows, arm, args.epochs))
     return 0

@@ -325,6 +325,8 @@ def test_two_arms_are_compared_seed_by_seed(tmp_path, capsys):
                         "+1.5 ± 0.7 / -0.5 ± 0.7 | – / – |")
     assert curve_rows.readme_line(rows, "a", [4, 8, 14]) == \
         "| a, seeds 0, 1, 2 (epoch 4: 2) | 35.0 / 25.0 | 57.3±28.3 / 50.0±34.6 | – |"
+    assert curve_rows.difference_line(rows, "a", "b", [4, 8]) == \
+        "| a − b, per seed, seeds 0, 1 | – | +1.5±0.7 / -0.5±0.7 |"
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert curve_rows.main([str(path), "--difference", "a", "b"]) == 0
