@@ -9,6 +9,7 @@ table (.md) and picture (.png) drawn from every row of a file, and two arms' pai
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -74,6 +75,15 @@ def write_table(arms, split, path):
         f.write("\n".join(lines) + "\n")
 
 
+# tab10, then ten more that none of it resembles: a curve of up to 20 arms never shares a colour
+COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "black", "navy", "olive",
+           "teal", "maroon", "gold", "lime", "indigo", "salmon", "slategrey"]
+
+
+def colour(k):
+    return COLOURS[k % len(COLOURS)]
+
+
 def draw(path):
     """The curves of every row in `path`: <path>.png (linear probe and k-NN against images seen) and
     <path>.md."""
@@ -90,7 +100,9 @@ def draw(path):
         print("matplotlib is not installed: no picture drawn")
         return
     with_hits = any("hit_rate" in r for r in rows)
-    fig, axes = plt.subplots(1, 3 if with_hits else 2, figsize=(15 if with_hits else 11, 4.5),
+    rows_of_legend = math.ceil(len(arms) / 5)  # the arms' legend, under the panels
+    fig, axes = plt.subplots(1, 3 if with_hits else 2,
+                             figsize=(15 if with_hits else 11, 4.5 + 0.22 * rows_of_legend),
                              dpi=110)
     ticks = sorted({x for points in arms.values() for x in points if x > 0})
     titles = ("linear probe (cached features)", "k-NN (k = 20)")
@@ -102,16 +114,17 @@ def draw(path):
             ms = [mean_std([100 * r[key] for r in points[x]]) for x in xs]
             if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
                 (m, s), = ms
-                ax.axhline(m, ls="--", lw=1, color=f"C{k}", label=arm)
+                ax.axhline(m, ls="--", lw=1, color=colour(k), label=arm)
                 if s:
-                    ax.axhspan(m - s, m + s, color=f"C{k}", alpha=0.12, lw=0)
+                    ax.axhspan(m - s, m + s, color=colour(k), alpha=0.12, lw=0)
                 continue
             ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4,
-                        capsize=3, color=f"C{k}", label=arm)
+                        capsize=3, color=colour(k), label=arm)
         ax.set_ylabel(f"{split} accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     dataset = os.path.basename(stem).split("_")[0].upper()
     fig.suptitle(f"{dataset}, {split} split, against images seen; bars and bands: ± std over "
                  "seeds, dashed: baselines", fontsize=10)
@@ -125,10 +138,10 @@ def draw(path):
             xs = sorted(x for x in points if "hit_rate" in points[x][0])
             if xs == [0]:  # the masking as initialised: where training starts from
                 start = statistics.mean(r["hit_rate"] for r in points[0])
-                ax.axhline(100 * start, ls="-.", color=f"C{k}", label=arm)
+                ax.axhline(100 * start, ls="-.", color=colour(k), label=arm)
             elif xs:
                 rates = [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs]
-                ax.plot(xs, rates, marker="o", color=f"C{k}", label=arm)
+                ax.plot(xs, rates, marker="o", color=colour(k), label=arm)
         ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
         ax.set_ylabel("landmarks in visible patches (%)")
         ax.legend(fontsize=8)
@@ -138,7 +151,7 @@ def draw(path):
         ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
         ax.minorticks_off()
         ax.set_xlabel("images seen in pretraining (log scale)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22 * rows_of_legend / fig.get_figheight() + 0.01, 1, 1))
     # two runs may write the same picture: each its own temporary
     tmp = f"{stem}.{os.getpid()}.tmp.png"
     fig.savefig(tmp)
