@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 
+
 def read_rows(path):
     if not os.path.exists(path):
         return []
@@ -168,10 +169,15 @@ def by_seed(rows, arm, epoch, key):
             if r["arm"] == arm and r["epoch"] == epoch and key in r}
 
 
+def common_seeds(rows, a, b, epoch, key="linear"):
+    """The seeds with `key` measured in both arms at `epoch`, in order."""
+    return sorted(set(by_seed(rows, a, epoch, key)) & set(by_seed(rows, b, epoch, key)))
+
+
 def paired_difference(rows, a, b, epoch, key):
     """a − b on `key` at `epoch`, per seed measured in both arms (in points, seed order) -> list."""
     xa, xb = by_seed(rows, a, epoch, key), by_seed(rows, b, epoch, key)
-    return [100 * (xa[s] - xb[s]) for s in sorted(set(xa) & set(xb))]
+    return [100 * (xa[s] - xb[s]) for s in common_seeds(rows, a, b, epoch, key)]
 
 
 def points(d):
@@ -195,7 +201,7 @@ def difference_table(rows, a, b):
     lines = [f"| epoch | seeds | A = {a} | B = {b} | A − B, per seed | mean ± std | "
              "mean ± std without copies |", "|---|---|---|---|---|---|---|"]
     for e in epochs:
-        seeds = sorted(set(by_seed(rows, a, e, "linear")) & set(by_seed(rows, b, e, "linear")))
+        seeds = common_seeds(rows, a, b, e)
         if not seeds:
             continue
         arms = []
@@ -241,7 +247,7 @@ def difference_line(rows, a, b, epochs):
     cells, seeds = [], set()
     for e in epochs:
         lin, knn = (paired_difference(rows, a, b, e, k) for k in ("linear", "knn"))
-        seeds |= set(by_seed(rows, a, e, "linear")) & set(by_seed(rows, b, e, "linear"))
+        seeds |= set(common_seeds(rows, a, b, e))
         cells.append(f"{signed(lin)} / {signed(knn)}".replace(" ± ", "±") if lin else "–")
     return (f"| {a} − {b}, per seed, seeds {', '.join(map(str, sorted(seeds)))} | "
             + " | ".join(cells) + " |")
