@@ -1,6 +1,6 @@
 """
 Linear-probe throughput: the paper's protocol (augmented views through the frozen trunk every epoch)
-against cached features (the trunk runs once; eval.py's features="cached", not the paper's
+against cached features (the trunk runs once; eval.py's --protocol chosen at one lr, not the paper's
 protocol).
 
     python benchmarks/bench_probe.py              # tiny preset, 1000 synthetic faces (1-2 min)
@@ -31,9 +31,10 @@ from bench_step import machine  # noqa: E402
 def timed_probe(trunk, train, test, size, device, epochs, features, batch_size, workers):
     t = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # tqdm's bar: the table is the output
-        evaluate.linear_probe(trunk, train, test, size, device, epochs=epochs,
-                              batch_size=batch_size,
-                              features=features, workers=workers)
+        # "cached" at one fixed lr: one head's training, not the lr search (5 heads)
+        evaluate.linear_probe(trunk, train, test, size, device,
+                              "paper" if features == "augmented" else "chosen", epochs=epochs,
+                              batch_size=batch_size, lr=0.5 * batch_size / 256, workers=workers)
     return time.perf_counter() - t
 
 

@@ -87,9 +87,7 @@ def datasets(args, seed):
 def evaluate_trunk(trunk, cfg, args, seed, device):
     train_base, test_base = datasets(args, seed)
     report, _ = evaluate.linear_probe(trunk, train_base, test_base, cfg.view_size, device,
-                                      epochs=args.probe_epochs,
-                                      batch_size=256, features="cached", workers=args.workers,
-                                      seed=seed)
+                                      epochs=args.probe_epochs, workers=args.workers, seed=seed)
     result = {"accuracy": report["last_epoch_accuracy"],
               "mean_class_accuracy": report["mean_class_accuracy"]}
     if train_base.num_landmarks:

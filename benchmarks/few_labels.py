@@ -9,7 +9,7 @@ For N labelled training faces per class (eval.py --labels-per-class N: a seeded,
 subset of the train split; one subset per --subsets seed) it scores, on --split:
   - the pretrained trunk, linear probe: cached pooled features, lr chosen on the N-per-class faces
   alone (5-fold
-    cross-validation under 2,000 faces, else a 10 % hold-out; learning_curve.probe_lr), 30 epochs,
+    cross-validation under 2,000 faces, else a 10 % hold-out; eval.choose_probe_lr), 30 epochs,
     batch 256;
   - the random trunk of the same architecture and seed (as train.py initialised it), the same linear
   probe;
@@ -31,7 +31,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
-import learning_curve  # noqa: E402  (this folder)
 from simfle import SimFLE  # noqa: E402
 
 
@@ -78,10 +77,9 @@ def main(argv=None):
             idx = torch.arange(len(train_base)) if seed is None else torch.tensor(subset.indices)
             for name in feats:
                 (tx, ty), test = feats[name]
-                lr = learning_curve.probe_lr(tx[idx], ty[idx], classes, device, seed or 0)
-                report, _ = evaluate.train_head(None, (tx[idx], ty[idx]), test, classes,
-                                                device=device, epochs=30,
-                                                batch_size=256, lr=lr, seed=seed or 0)
+                report, _ = evaluate.probe_features((tx[idx], ty[idx]), test, classes, device,
+                                                    seed or 0)
+                lr = report["probe_lr"]
                 results.setdefault((f"{name} trunk, linear probe", labels),
                                    []).append(report["last_epoch_accuracy"])
                 print(f"{labels} per class, subset {seed}: {name} linear "

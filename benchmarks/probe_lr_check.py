@@ -1,6 +1,7 @@
 """
-Is the linear probe's learning-rate grid wide enough? learning_curve.py chooses the probe's lr among
-PROBE_LRS (1 to 0.01) on 10 % of the training faces held out, and on FER2013 it chose the smallest,
+Is the linear probe's learning-rate grid wide enough? eval.py's probe chooses its lr among
+eval.PROBE_LRS (1 to 0.01) on 10 % of the training faces held out, and on FER2013 it chose the
+smallest,
 0.01, for nearly every trunk. This scores a wider grid (down to 0.0003) for a few trunks, on the
 same hold-out and on the held-out split:
 
@@ -25,7 +26,7 @@ import eval as evaluate  # noqa: E402
 import learning_curve  # noqa: E402  (this folder)
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
 
-WIDE_LRS = learning_curve.PROBE_LRS + (0.003, 0.001, 0.0003)
+WIDE_LRS = evaluate.PROBE_LRS + (0.003, 0.001, 0.0003)
 
 
 def load(name, args, steps):
@@ -87,7 +88,7 @@ def main(argv=None):
             scores[lr] = (on_hold["last_epoch_accuracy"], on_split["last_epoch_accuracy"])
             print(f"{described}: lr {lr:g}: hold-out {100 * scores[lr][0]:.1f} %, {args.split} "
                   f"{100 * scores[lr][1]:.1f} %", flush=True)
-        grid = max(learning_curve.PROBE_LRS, key=lambda lr: scores[lr][0])
+        grid = max(evaluate.PROBE_LRS, key=lambda lr: scores[lr][0])
         wide = max(WIDE_LRS, key=lambda lr: scores[lr][0])
         lines.append(f"| {described} | {grid:g} / {wide:g} | "
                      + " | ".join(f"{100 * h:.1f} / {100 * s:.1f}" for h,

@@ -38,9 +38,7 @@ def probe_val(trunk, args_train, size, seed, device):
                                   synthetic_count=args_train.get("num_synthetic"))
     val_base = data.get_dataset("synthetic", split="val", seed=seed, synthetic_look=look,
                                 render=True)
-    report, _ = evaluate.linear_probe(trunk, train_base, val_base, size, device, epochs=30,
-                                      batch_size=256,
-                                      features="cached", seed=seed)
+    report, _ = evaluate.linear_probe(trunk, train_base, val_base, size, device, seed=seed)
     return report["last_epoch_accuracy"]
 
 

@@ -9,6 +9,7 @@ import pytest
 import data
 import eval as evaluate
 import train
+from support.report import save_confusion_png
 from support import observe
 
 from e2e import QUICK, metrics  # tests/e2e.py
@@ -149,13 +150,12 @@ def test_eval_draws_the_accuracy_per_epoch_beside_the_confusion(tmp_path, monkey
     def small(*a, get=data.get_dataset, **k):
         return get(*a, **{**k, "synthetic_count": 24})
     monkeypatch.setattr(data, "get_dataset", small)
-    assert evaluate.cli(["--ckpt", "random", "--mode", "linear", "--epochs", "3", "--features",
-                         "cached",
+    assert evaluate.cli(["--ckpt", "random", "--mode", "linear", "--epochs", "3",
                          "--device", "cpu", "--out", str(tmp_path)]) == 0
     report = json.load(open(tmp_path / "eval_linear_synthetic.json"))
     assert len(report["history"]) == 3 and all(0 <= a <= 1 for a in report["history"])
     png = (tmp_path / "eval_linear_synthetic_confusion.png").read_bytes()
-    alone = evaluate.save_confusion_png(report["confusion"], report["classes"],
+    alone = save_confusion_png(report["confusion"], report["classes"],
                                         str(tmp_path / "alone.png"), "k-NN")
     (width, height), (alone_width, _) = png_size(png), png_size(open(alone, "rb").read())
     # a second panel beside the matrix
