@@ -11,15 +11,15 @@ Does pretraining learn, and from which budget? Val accuracy against images seen,
 Each arm is one pretraining run of train.py (tiny preset, plus COMMON options and the arm's own),
 stopped at the end of epochs 1, 2, 4, 8, ... and of the last epoch (--stop-after-steps; the lr
 schedule is the whole run's), and its trunk probed there on val: a linear probe on cached pooled
-features of all training faces (30 epochs, batch 256, its lr chosen among PROBE_LRS on 10 % of the
-training faces held out) and a k-NN (k = 20, cosine) on the same features. On faces with landmarks
-(synthetic) the landmark hit rate of the FaceMAE arms is measured at the same points, beside random
-masking and a fixed mask of the central patches. "supervised" trains the same trunk on the labels
-(cross-entropy, the probe's crop + flip, SGD, the same batch and images seen); "lightly-byol" is
-BYOL as the lightly library implements it (pip install lightly, for this benchmark only), on the
-same faces, trunk and budget: a cross-check of the GFL. Baselines (--baselines) are budget-free
-lines: the random trunk as initialised, with BatchNorm statistics of the training faces, and a
-linear classifier on pixels.
+features of all training faces (eval.py's one probe: 30 epochs, batch 256, its lr chosen among
+eval.PROBE_LRS on 10 % of the training faces held out) and a k-NN (k = 20, cosine) on the same
+features. On faces with landmarks (synthetic) the landmark hit rate of the FaceMAE arms is measured
+at the same points, beside random masking and a fixed mask of the central patches. "supervised"
+trains the same trunk on the labels (cross-entropy, the probe's crop + flip, SGD, the same batch and
+images seen); "lightly-byol" is BYOL as the lightly library implements it (pip install lightly, for
+this benchmark only), on the same faces, trunk and budget: a cross-check of the GFL. Baselines
+(--baselines) are budget-free lines: the random trunk as initialised, with BatchNorm statistics of
+the training faces, and a linear classifier on pixels.
 
 Rows are appended to --out (JSONL) as they are measured. The command is resumable: points already in
 --out are not measured again, and a run continues from its last.pt in --runs (train.py --resume); if
@@ -55,12 +55,23 @@ from sweep_synthetic import Pixels  # noqa: E402  (this folder: the pixels thems
 # faces
 COMMON = "--preset tiny --augment device --width 0.5"
 OPEN = "--distill-target ffl --distill-loss cosine --alpha 1"
+BYOL_LARS = ("--optimizer lars --lr 0.25 --lars-eta 0.02 --weight-decay 1e-5 --exclude-norm-bias "
+             "true --warmup-epochs 1 --ema-schedule cosine --head-hidden 4096 --head-out 256")
+BYOL_SGD = "--optimizer sgd --lr 0.03 --weight-decay 4e-4 --ema 0.996"
 ARMS = {  # name -> the arm's own train.py options
     "byol": "--gfl byol --use-facemae false",
     "byol+random": "--gfl byol --masking random",
     "byol+semantic": "--gfl byol --masking semantic",
     "byol+recipe":  # BYOL's small-batch recipe: a higher lr, a warm-up, the EMA ramped to 1
         "--gfl byol --use-facemae false --lr 0.1 --warmup-epochs 1 --ema-schedule cosine",
+    # small-scale BYOL recipes (benchmarks/README.md): solo-learn's CIFAR recipe at batch 64 (LARS,
+    # lr 1.0 x B/256, eta 0.02 clipped, wd 1e-5 off BatchNorm and biases, warm-up, EMA 0.99 -> 1,
+    # 4096/256 heads), and sthalles/PyTorch-BYOL's SGD recipe at batch 64; each with the predictor's
+    # lr x 10
+    "byol+lars": "--gfl byol --use-facemae false " + BYOL_LARS,
+    "byol+lars+pred10": "--gfl byol --use-facemae false --predictor-lr-mult 10 " + BYOL_LARS,
+    "byol+sgd": "--gfl byol --use-facemae false " + BYOL_SGD,
+    "byol+sgd+pred10": "--gfl byol --use-facemae false --predictor-lr-mult 10 " + BYOL_SGD,
     "simclr": "--gfl simclr --use-facemae false",
     "simclr+random": "--gfl simclr --masking random",
     "simclr+semantic": "--gfl simclr --masking semantic",
@@ -113,30 +124,6 @@ def datasets(args, seed):
     return splits
 
 
-# linear-probe learning rates, chosen per trunk on a train hold-out
-PROBE_LRS = (1.0, 0.3, 0.1, 0.03, 0.01)
-
-
-def probe_lr(tx, ty, classes, device, seed):
-    """The probe's lr for these features, chosen on the training faces alone (never on val): on 10 %
-    of them held out, or by 5-fold cross-validation when there are fewer than 2,000 (few labels).
-    One lr does not fit every trunk: on FER2013's random trunk the paper's 0.5 gave 26.9 % on val
-    where 0.05 gave 32.5 %."""
-    order = torch.randperm(len(tx), generator=torch.Generator().manual_seed(seed))
-    folds = order.chunk(5) if len(tx) < 2000 else [order[:len(tx) // 10]]
-    scores = {}
-    for lr in PROBE_LRS:
-        accuracy = 0.0
-        for held in folds:
-            fit = order[~torch.isin(order, held)]
-            report, _ = evaluate.train_head(None, (tx[fit], ty[fit]), (tx[held], ty[held]), classes,
-                                            device=device, epochs=30, batch_size=256, lr=lr,
-                                            seed=seed)
-            accuracy += report["last_epoch_accuracy"] * len(held)
-        scores[lr] = accuracy
-    return max(scores, key=scores.get)
-
-
 def measure(trunk, size, args, seed, device):
     """Linear probe (cached features, lr chosen on a train hold-out) and k-NN of a frozen trunk,
     train -> held-out split: -> {linear, knn, probe_lr}, and linear_dedup / knn_dedup on the
@@ -146,11 +133,11 @@ def measure(trunk, size, args, seed, device):
     trunk = trunk.to(device).eval()
     (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device)
                           for b in (train_base, held_out))
-    lr = probe_lr(tx, ty, held_out.classes, device, seed)
     copies = duplicates(args, seed)
-    linear, _ = evaluate.train_head(trunk, (tx, ty), (vx, vy), held_out.classes, device=device,
-                                    epochs=30, batch_size=256, lr=lr, seed=seed,
-                                    duplicates=copies)
+    # eval.py's one probe: its lr chosen among PROBE_LRS on 10 % of the training faces held out
+    linear, _ = evaluate.probe_features((tx, ty), (vx, vy), held_out.classes, device, seed,
+                                        duplicates=copies)
+    lr = linear["probe_lr"]
     knn_pred = evaluate.knn_predict(tx, ty, vx, len(held_out.classes))
     knn = evaluate.classification_report(knn_pred, vy, held_out.classes, copies)
     out = {"linear": linear["last_epoch_accuracy"],
@@ -235,19 +222,21 @@ def pretrain_arm(args, arm, seed, done, device):
         row = {"arm": arm, "seed": seed, "epoch": epoch, "images": state["step"] * args.batch_size,
                "options": " ".join(options),
                **measure(model.backbone, cfg.view_size, args, seed, device),
-               **hit_rates(model, args, seed, device), **ffl_share(folder, epoch),
+               **hit_rates(model, args, seed, device), **from_metrics(folder, epoch),
                "train_seconds": add_seconds(folder, 0.0)}
         append_row(args.out, row)
         draw(args.out)
 
 
-def ffl_share(folder, epoch):
-    """The FFL's share of the ResNet's gradient (L_d's) in this epoch, from the run's metrics.jsonl:
-    {} if the run did not measure it."""
+def from_metrics(folder, epoch):
+    """From the run's metrics.jsonl at this epoch: the FFL's share of the ResNet's gradient (L_d's)
+    and the collapse monitor's figures, those the run measured ({} if none)."""
     rows = [r for r in read_rows(os.path.join(folder, "metrics.jsonl")) if r["epoch"] == epoch]
-    if rows and "grad_share_distillation" in rows[-1]:
-        return {"ffl_grad_share": rows[-1]["grad_share_distillation"]}
-    return {}
+    if not rows:
+        return {}
+    keys = {"grad_share_distillation": "ffl_grad_share",
+            "embedding_std_sqrt_d": "embedding_std_sqrt_d", "embedding_cosine": "embedding_cosine"}
+    return {ours: rows[-1][theirs] for theirs, ours in keys.items() if theirs in rows[-1]}
 
 
 def read_test(args, arm, seed, done, device, ckpt, trunk=None, load=None):

@@ -2,7 +2,9 @@
 
   write_run_info   the run's configuration, printed and written to <out>/config.json
   EpochTally       an epoch's running sums, the progress bar's line, and the epoch's record
-  Monitor          epoch-end monitors on held-out faces: k-NN accuracy, landmark hit rate
+  collapse_figures the collapse monitor's figures of a set of embeddings
+  Monitor          epoch-end monitors: k-NN accuracy and landmark hit rate on held-out faces; the
+                   collapse monitor on training faces
   RunLog         each record to metrics.jsonl and the console, curves.png (draw_curves), TensorBoard
 """
 import json
@@ -92,14 +94,40 @@ class EpochTally:
                 "skipped_images": self.skipped}
 
 
+def collapse_figures(z):
+    """Is the GFL's embedding collapsing? z: (n, d) projector outputs of n faces, L2-normalised
+    here.
+      embedding_std     the std of each dimension over the faces, averaged over dimensions: about
+                        1/√d for embeddings spread over the sphere, → 0 when every face maps to one
+                        point (the collapse BYOL's predictor and EMA are there to prevent)
+      embedding_cosine  the mean cosine between two different faces: → 1 when they collapse. A
+                        random network starts near 1 too (its ReLU features share a large mean), so
+                        read the trend: a healthy run moves it down, a collapsing one up
+    -> {embedding_std, embedding_std_sqrt_d (the std × √d: ~1 spread, 0 collapsed),
+    embedding_cosine}."""
+    z = torch.nn.functional.normalize(z.float(), dim=1)
+    n, d = z.shape
+    cosine = z @ z.T
+    off_diagonal = (cosine.sum() - cosine.diagonal().sum()) / (n * (n - 1))
+    std = z.std(dim=0).mean().item()
+    return {"embedding_std": std, "embedding_std_sqrt_d": std * math.sqrt(d),
+            "embedding_cosine": off_diagonal.item()}
+
+
 class Monitor:
-    """The epoch-end monitors, on labelled data and the main process only (--knn-samples 0: off):
-    the k-NN accuracy of the trunk's features, and the landmark hit rate of semantic masking (paper
-    §3)."""
+    """The epoch-end monitors, on the main process only: the collapse monitor on training faces
+    (--collapse-samples 0: off), and on labelled data (--knn-samples 0: off) the k-NN accuracy of
+    the trunk's features and the landmark hit rate of semantic masking (paper §3)."""
 
     def __init__(self, args, setup, train_base):
         self.setup, self.workers = setup, args.workers
-        self.knn_sets = self.hit_faces = None
+        self.knn_sets = self.hit_faces = self.collapse_set = None
+        if args.collapse_samples > 0 and setup.main:
+            self.collapse_set = DataLoader(
+                capped(data.ProbeView(train_base, args.config.view_size, train=False),
+                       args.collapse_samples, seed=args.seed + 1),
+                batch_size=256, num_workers=args.workers, collate_fn=data.collate,
+                generator=torch.Generator().manual_seed(args.seed))  # the global RNG untouched
         if args.knn_samples <= 0 or not train_base.classes or not setup.main:
             return
         split = "val" if args.data in data.SPLITS_WITH_VAL else "test"  # watching never reads test
@@ -130,8 +158,12 @@ class Monitor:
         return data.random_subset(held_out, min(HIT_RATE_FACES, args.knn_samples), args.seed)
 
     def __call__(self, model):
-        """-> {knn_accuracy, landmark_hit_rate}, those that are on."""
+        """-> {embedding_std, embedding_std_sqrt_d, embedding_cosine, knn_accuracy,
+        landmark_hit_rate}, those that are on."""
         record, device = {}, self.setup.device
+        if self.collapse_set is not None:  # the projector's outputs, BatchNorm in eval mode
+            net = torch.nn.Sequential(model.backbone, model.projector).eval()
+            record.update(collapse_figures(embed(net, self.collapse_set, device)[0]))
         if self.knn_sets is not None:
             trunk = model.trunk().eval()
             (tx, ty), (vx, vy) = (embed(trunk, loader, device) for loader in self.knn_sets)
@@ -234,6 +266,10 @@ CURVE_PANELS = [("loss (log scale)", ("total", *WEIGHTED), True),
                 ("share of the ResNet's gradient", SHARES, False),
                 ("learning rate", ("lr",), False), ("images / s", ("images_per_s",), False),
                 ("k-NN accuracy, held-out", ("knn_accuracy",), False),
+                ("collapse: std of z per dim × √d (1 healthy, 0 collapsed)",
+                 ("embedding_std_sqrt_d",), False),
+                ("collapse: mean cosine of two faces' z (1 collapsed)", ("embedding_cosine",),
+                 False),
                 ("landmark hit rate, semantic masking", ("landmark_hit_rate",), False)]
 
 

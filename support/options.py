@@ -62,7 +62,16 @@ def build_parser():
     add("--epochs", type=int, default=None, help=f"pretraining epochs ({per_preset('epochs')})")
     add("--batch-size", type=int, default=None, help=f"global batch ({per_preset('batch_size')})")
     add("--lr", type=float, default=None, help="learning rate (default: 0.05 x batch / 256)")
-    add("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    add("--weight-decay", type=float, default=1e-4, help="weight decay (the paper: 1e-4)")
+    add("--optimizer", default="sgd", choices=["sgd", "lars"],
+        help="sgd: the paper's (momentum 0.9); lars: momentum 0.9 with each tensor's step scaled "
+             "by its trust ratio, as small-batch BYOL recipes use it (support/optim.py)")
+    add("--lars-eta", type=float, default=0.02, help="LARS's trust coefficient (solo-learn: 0.02)")
+    add("--exclude-norm-bias", type=str2bool, default=False, metavar="BOOL",
+        help="no weight decay (and no LARS trust ratio) on BatchNorm / LayerNorm weights and "
+             "biases, as the BYOL paper does (the paper's code decays every weight)")
+    add("--predictor-lr-mult", type=float, default=1.0, metavar="X",
+        help="the BYOL predictor's lr is X times the rest's (1: the paper)")
     add("--out", default=None, help="run folder (default: runs/<data>-<preset>)")
     add("--resume", default=None, help="continue from this last.pt")
     add("--overwrite", action="store_true",
@@ -98,9 +107,14 @@ def build_parser():
              "from its first (SimFLE.gradient_shares; 0: off). It changes nothing in the training")
     add("--knn-samples", type=int, default=1000,
         help="cap on each split for the k-NN monitor (0: off)")
+    add("--collapse-samples", type=int, default=512,
+        help="training faces on which each epoch measures the collapse monitor: the std and the "
+             "mean cosine of the normalised projector outputs (0: off)")
     add("--probe", type=str2bool, default=None, metavar="BOOL",
-        help="linear probe after training vs a random trunk (default: on for synthetic)")
-    add("--probe-epochs", type=int, default=30, help="epochs of that final linear probe")
+        help="the verdict after training: the trunk against two random trunks, by the linear "
+             "probe (lr chosen on a train hold-out) and k-NN, on val where the data has one, else "
+             "test (eval.compare_with_random; default: on for labelled data)")
+    add("--probe-epochs", type=int, default=30, help="epochs of the verdict's linear probe")
     add("--max-steps", type=int, default=None,
         help="cap on steps per epoch (quick runs, smoke tests; default: the whole training set)")
     add("--stop-after-steps", type=int, default=None,
@@ -145,12 +159,19 @@ def parse_args(argv=None):
     for name in ("epochs", "batch_size", "probe_epochs"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.collapse_samples < 0:
+        parser.error("--collapse-samples must be 0 (off) or positive")
     if args.grad_share_every < 0:
         parser.error("--grad-share-every must be 0 (off) or positive")
     if args.lr is None:
         args.lr = 0.05 * args.batch_size / 256  # the paper: lr = 0.05 x batch / 256
     if args.lr <= 0:
         parser.error("--lr must be positive")
+    for name in ("lars_eta", "predictor_lr_mult"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.weight_decay < 0:
+        parser.error("--weight-decay must be 0 or positive")
     args.out = args.out or os.path.join("runs", f"{args.data}-{args.preset}")
-    args.probe = args.data == "synthetic" if args.probe is None else args.probe
+    args.probe = args.data != "images" if args.probe is None else args.probe
     return args
