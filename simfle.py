@@ -130,10 +130,7 @@ def group_maps(attn, groups):
 
 def semantic_patch_scores(maps, chosen, image_size, patch_size):
     """Score patches by one group's attention (semantic masking): upsample the map to the image,
-    mean per patch.
-
-    maps (B,G,h,w), chosen (B,) group index per image -> scores (B,N).
-    """
+    mean per patch. maps (B,G,h,w), chosen (B,) group index per image -> scores (B,N)."""
     m = maps[torch.arange(maps.shape[0], device=maps.device), chosen]  # (B,h,w)
     m = F.interpolate(m[:, None].float(), size=(image_size, image_size), mode="bilinear",
                       align_corners=False)
@@ -289,7 +286,7 @@ def simclr_loss(z1, z2, temperature):
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))
     B = z1.shape[0]
-    partner = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)
+    partner = torch.arange(2 * B, device=z.device).roll(B)  # i's positive: i + B, and i − B
     return F.cross_entropy(logits, partner)
 
 
@@ -437,6 +434,8 @@ class SimFLE(nn.Module):
             # distillation: D-projectors for each branch
             self.distill_gfl = MLPHead(C, c.head_hidden, c.head_out)
             self.distill_ffl = MLPHead(c.enc_dim, c.head_hidden, c.head_out)
+            if c.distill_target == "ffl":  # sg(v): no gradient reaches it; frozen, as DDP wants
+                self.distill_ffl.requires_grad_(False)
 
     def trunk(self):
         """The ResNet kept for downstream evaluation."""
@@ -559,33 +558,32 @@ class SimFLE(nn.Module):
         parts = dict(parts, **weighted, total=loss)
         return loss, {k: v.detach() for k, v in parts.items()}
 
-    def gradient_shares(self, origin, view1, view2):
+    def gradient_shares(self, origin, view1, view2, scale=1.0):
         """Which loss trains the ResNet: each weighted term's gradient norm at the backbone's
         weights, as a share of their sum -> {grad_share_<term>: float}, adding up to 1. A term with
         no path into the backbone reads exactly 0 (L_r and β·l_g² in the paper: argsort and the
-        no-grad origin pass cut theirs). One forward and one backward per term; the caller keeps the
-        weights' .grad, BatchNorm statistics and RNG as they were."""
+        no-grad origin pass cut theirs). scale: multiplies every term (fp16's loss scale, so small
+        gradients do not underflow; the shares do not change). One backward per term; the caller
+        keeps the weights' .grad, BatchNorm statistics and RNG as they were."""
         weighted, _ = self.loss_terms(origin, view1, view2)
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         norms = {}
         for name, term in weighted.items():
-            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True) \
-                if term.requires_grad else [None] * len(params)
-            squares = (g.float().pow(2).sum().item() for g in grads if g is not None)
-            norms[name] = math.sqrt(sum(squares))
-        total = sum(norms.values()) or 1.0
-        return {"grad_share_" + name[len("weighted_"):]: n / total for name, n in norms.items()}
+            grads = (torch.autograd.grad(term * scale, params, retain_graph=True,
+                                         allow_unused=True) if term.requires_grad else [])
+            norms[name] = sum((g.float().pow(2).sum() for g in grads if g is not None),
+                              origin.new_zeros((), dtype=torch.float32))
+        norms = torch.stack(list(norms.values())).sqrt().tolist()  # one host sync
+        total = sum(norms) or 1.0
+        return {"grad_share_" + name[len("weighted_"):]: n / total for name, n in zip(weighted,
+                                                                                      norms)}
 
     @torch.no_grad()
     def inspect(self, origin):
-        """For figures: the FFL branch's intermediate results on an origin batch, by the training
-        code path.
-
-        Returns group maps (B,G,h,w), chosen group (B,), mask (B,N) (1 = masked), visible-patch
-        image, reconstruction (B,3,H,W) with visible patches pasted in (masked patches de-normalised
-        with the true patch statistics, as MAE's figures do), all in the normalised image space of
-        `origin`.
-        """
+        """For figures, by the training code path: group maps (B,G,h,w), chosen group (B,), mask
+        (B,N) (1 = masked), the visible patches and the reconstruction (B,3,H,W) with the visible
+        ones pasted in (masked ones de-normalised with the true patch statistics, as MAE's figures
+        do), in the normalised image space of `origin`."""
         if not self.config.use_facemae:
             raise ValueError("inspect() needs use_facemae=True")
         p = self.config.patch_size

@@ -1,5 +1,6 @@
 """
-Pretrain SimFLE without labels, then (on the built-in faces) probe the trunk it learned.
+Pretrain SimFLE without labels, then (where the faces have labels) probe the trunk it learned
+against two random trunks.
 
     python train.py                         # the quick start: tiny preset, width 0.5, CPU-sized
     python train.py --data rafdb             # paper preset on RAF-DB (data/rafdb), one GPU
@@ -33,9 +34,11 @@ from support.common import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
 # the command line, every option and its defaults per preset: support/options.py (the model's
 # options, such as --gfl and --masking, are generated there, one per SimFLEConfig field); see --help
 from support.options import TRAIN_DEFAULTS, build_parser, parse_args  # noqa: F401
+from support.optim import make_optimizer
 from support.observe import EpochTally, Monitor, RunLog, write_run_info
-from support.run import (NonFiniteLoss, Position, Setup, Stop, buffers_kept, checkpoint_activations,
-                         claim_run_folder, make_loader, rng_state, save_checkpoint, set_rng_state)
+from support.run import (NonFiniteLoss, Position, Setup, Stop, any_process, buffers_kept,
+                         checkpoint_activations, claim_run_folder, make_loader, restore_rng,
+                         rng_states, save_checkpoint)
 
 # ----------------------------------------------------------------------------- data and model
 
@@ -62,7 +65,7 @@ class Trainer:
     """The model and what updates it; step() is one SimFLE training step."""
 
     def __init__(self, cfg, setup, lr, weight_decay, compile=False, activation_checkpointing=False,
-                 channels_last=None):
+                 channels_last=None, optimizer="sgd", **optimizer_options):
         device, self.setup = setup.device, setup
         # checkpoints are saved from this plain module
         self.raw_model = model = SimFLE(cfg).to(device)
@@ -77,18 +80,21 @@ class Trainer:
         if device.type == "cuda":
             # fixed input sizes: let cuDNN pick its fastest kernels
             torch.backends.cudnn.benchmark = True
+            # fp32 convolutions stay fp32 (cuDNN runs them in TF32 on Ampere and later by default):
+            # under autocast the only one is the grouping layer's, kept fp32 on purpose (SimFLE.ffl)
+            torch.backends.cudnn.allow_tf32 = False
             if setup.distributed:
                 model = self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
-                                         weight_decay=weight_decay)
+        # SGD (the paper) or LARS; optimizer_options: exclude_norm_bias, predictor_lr_mult, lars_eta
+        self.optimizer = make_optimizer(model, optimizer, lr, weight_decay, **optimizer_options)
         self.scaler = torch.amp.GradScaler(device.type, enabled=setup.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.precision)
         self.device, self.model = device, model
-        if compile:
-            self.model = torch.compile(self.model)
         if setup.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:  # after the DDP wrap, as DDP's documentation recommends
+            self.model = torch.compile(self.model)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -104,16 +110,18 @@ class Trainer:
             origin, view1, view2 = (x.contiguous(memory_format=torch.channels_last)
                                     for x in (origin, view1, view2))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         self.optimizer.zero_grad(set_to_none=True)  # free last step's gradients before the forward
         shares = self.gradient_shares(origin, view1, view2) if measure_shares else {}
         with self.autocast():
             loss, parts = self.model(origin, view1, view2)  # L = L_s + L_r + α·L_d + β·L_g
-        values = {k: v.item() for k, v in parts.items()}
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:  # stop before the optimizer touches the weights; last.pt keeps the last good state
-            raise NonFiniteLoss(", ".join(bad))
         self.scaler.scale(loss).backward()
+        # one host sync a step: the parts come over together, after the backward is queued
+        values = dict(zip(parts, torch.stack([v.float() for v in parts.values()]).tolist()))
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if any_process(bool(bad), self.setup):  # every process stops at the same step
+            # the optimizer has not touched the weights; last.pt keeps the last good state
+            raise NonFiniteLoss(", ".join(bad) or "on another process")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.raw_model.update_target(progress)  # EMA of the target after every optimizer step
@@ -125,7 +133,9 @@ class Trainer:
         touched, so a run with the measurement trains exactly as one without it."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), buffers_kept(self.raw_model), self.autocast():
-            return self.raw_model.gradient_shares(origin, view1, view2)
+            # fp16: the terms scaled as the loss is, so that small gradients do not underflow
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            return self.raw_model.gradient_shares(origin, view1, view2, scale)
 
     def state(self):
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -138,7 +148,10 @@ class Trainer:
             first = str(e).splitlines()[0]
             raise CheckpointError(f"{path} does not fit this model: {first}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        elif self.scaler.is_enabled():  # a bf16 or fp32 run continued in fp16 (an A100's on a T4)
+            self.setup.say(f"{path} was trained without fp16 loss scaling: the scale starts afresh")
 
 
 def learning_rate(args, epoch, step, steps_per_epoch):
@@ -164,23 +177,26 @@ def train(argv=None):
         args.workers = min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 0
     train_base, loader = build_data(args, setup)
     trainer = Trainer(args.config, setup, args.lr, args.weight_decay, args.compile,
-                      args.activation_checkpointing)
+                      args.activation_checkpointing, optimizer=args.optimizer,
+                      exclude_norm_bias=args.exclude_norm_bias,
+                      predictor_lr_mult=args.predictor_lr_mult, lars_eta=args.lars_eta)
     at = Position()
     if args.ckpt is not None:
         trainer.load(args.ckpt, args.resume)
         at = Position.of(args.ckpt)
-        set_rng_state(args.ckpt["rng"], setup.device)
+        restore_rng(args.ckpt, setup, args.seed)
     monitor = Monitor(args, setup, train_base)
     run_info = write_run_info(args, setup, trainer, len(loader.dataset), loader.sampler.steps)
     ckpt_path = os.path.join(args.out, "last.pt")
 
     def save():
+        rngs = rng_states(setup)  # every process's (a collective under DDP)
         if setup.main:
             save_checkpoint(ckpt_path, {
                 "format": CHECKPOINT_FORMAT, **trainer.state(), **at.state(), "preset": args.preset,
                 "config": args.config.to_dict(), "data": args.data,
                 "classes": list(train_base.classes),
-                "train": run_info["train"], "rng": rng_state(setup.device)})
+                "train": run_info["train"], "rng": rngs[0], "rng_per_process": rngs})
 
     if at.step_in_epoch >= loader.sampler.steps:
         at.epoch, at.step_in_epoch = at.epoch + 1, 0
@@ -216,8 +232,9 @@ def train_epoch(args, trainer, loader, at, stop, log):
     for batch, n_bad in bar:
         tally.skipped += n_bad
         at.step_in_epoch += 1
-        # every image of this batch was unreadable: its place in the epoch is used up
-        if batch is None:
+        # every image of this batch was unreadable (on any process): its place in the epoch is
+        # used up
+        if any_process(batch is None, setup):
             continue
         lr = learning_rate(args, at.epoch, at.step, steps)
         every = args.grad_share_every
@@ -239,8 +256,8 @@ def train_epoch(args, trainer, loader, at, stop, log):
 
 
 def finish(args, setup, ckpt_path):
-    """After the last epoch: leave the process group; on synthetic faces, probe the trunk against a
-    random one (eval.compare_with_random)."""
+    """After the last epoch: leave the process group; on labelled faces, the verdict: the trunk
+    against two random ones (eval.compare_with_random)."""
     if setup.distributed:
         torch.distributed.destroy_process_group()
     if setup.main:

@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
         --steps) steps=$2; shift 2 ;;
         --workers) workers=$2; shift 2 ;;
         --cap-gib) cap=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -82,10 +82,31 @@ print(min(1.0, $cap * 2**30 / torch.cuda.get_device_properties(d).total_memory) 
     --configs "$matched,$matched+ckpt" --warmup 1 --steps 3 ${fraction:+--memory-fraction "$fraction"} \
     --out "$out" --name memory
 
+echo; echo "== 4. host syncs per step; the precision auto picks ($(elapsed) s)"
+"$py" benchmarks/count_syncs.py --device "$device" --preset "$preset" --batch-size 32 --steps 5 --precision auto \
+    | tee "$out/syncs.txt"
+
+echo; echo "== 5. the quick start, and one paper-preset epoch with --precision auto ($(elapsed) s)"
+run=$(mktemp -d)
+t0=$(date +%s)
+"$py" train.py --device "$device" --out "$run/quick" 2>&1 | grep -v "it/s" | tail -12 | tee "$out/quick_start.txt"
+echo "quick start: $(( $(date +%s) - t0 )) s" | tee -a "$out/quick_start.txt"
+if [ "$preset" = paper ]; then
+    t0=$(date +%s)
+    "$py" train.py --device "$device" --preset paper --num-synthetic 12271 --epochs 1 --workers "$workers" \
+        --precision auto --probe false --knn-samples 0 --out "$run/paper" 2>&1 | grep -v "it/s" | tail -4 \
+        | tee "$out/paper_epoch.txt"
+    echo "one paper-preset epoch, 12,271 faces: $(( $(date +%s) - t0 )) s" | tee -a "$out/paper_epoch.txt"
+fi
+rm -rf "$run"
+
 { echo "# gpu.sh summary"; echo
   echo "\`$invocation\` ($(elapsed) s in all): device $device, preset $preset, batch $batch, precision $precision"; echo
   echo "## 1. the pure step"; echo; cat "$out/step.md"; echo
   echo "## 2. train.py end to end"; echo; cat "$out/train.md"; echo
-  echo "## 3. memory, cap ${cap} GiB (fraction ${fraction:-none: not a GPU})"; echo; cat "$out/memory.md"; } \
+  echo "## 3. memory, cap ${cap} GiB (fraction ${fraction:-none: not a GPU})"; echo; cat "$out/memory.md"; echo
+  echo "## 4. host syncs"; echo; echo '```'; cat "$out/syncs.txt"; echo '```'; echo
+  echo "## 5. quick start and a paper-preset epoch"; echo; echo '```'; cat "$out/quick_start.txt"
+  cat "$out/paper_epoch.txt" 2>/dev/null || true; echo '```'; } \
     > "$out/summary.md"
 echo; echo "== done in $(elapsed) s; summary: $out/summary.md"

@@ -158,18 +158,28 @@ def view_params(sizes, crop_scale):
                 order=torch.rand(B, 4, device=dev).argsort(1), gray=torch.rand(B, device=dev) < 0.2)
 
 
-def colour(x, jitter, factors, order, gray, rois=None):
+def colour(x, jitter, factors, order, gray, rois=None, select=None):
     """Colour jitter (each image its own factors and order) then grayscale, on float (B,3,H,W) in
     [0, 1].
 
     rois (B,5): x holds whole images whose boxes are cut afterwards; contrast then blends with each
-    box's mean.
+    box's mean. select: "index" gathers the images each adjustment applies to (least arithmetic;
+    each gather's nonzero() waits for the device), "where" adjusts every image and keeps the result
+    where it applies (no host sync: what a GPU wants). Default: index on the CPU, where elsewhere.
+    The two give the same images.
     """
+    select = select or ("index" if x.device.type == "cpu" else "where")
     x = x.clone()
     for k in range(4):  # the k-th adjustment of each jittered image
         for op in range(4):
-            idx = (jitter & (order[:, k] == op)).nonzero().squeeze(1)
-            # contrast on the mean of each image's crop
+            applies = jitter & (order[:, k] == op)  # (B,)
+            if select == "where":
+                # contrast on the mean of each image's crop
+                adjusted = (adjust_contrast(x, factors[:, op], rois) if op == 1 and rois is not None
+                            else COLOUR_OPS[op](x, factors[:, op]))
+                x = torch.where(applies.view(-1, 1, 1, 1), adjusted, x)
+                continue
+            idx = applies.nonzero().squeeze(1)
             if len(idx) and op == 1 and rois is not None:
                 boxes = rois[idx].clone()
                 boxes[:, 0] = torch.arange(len(idx),

@@ -5,7 +5,8 @@
   resume_options    the options a resumed run takes from its checkpoint
   make_loader     one DataLoader for the whole run, its order split over DDP processes and resumable
                     from any step of an epoch (EpochSampler)
-  save_checkpoint   atomic writes; rng_state / set_rng_state for an exact resume
+  save_checkpoint   atomic writes; rng_states / restore_rng: every process's RNG for an exact resume
+  any_process       one flag agreed by every DDP process (skip a step, stop on a NaN)
   checkpoint_activations   recompute block activations in the backward (less memory)
   Stop              SIGINT / SIGTERM / --stop-after-steps: finish the step, save, stop
 None of it is the paper's method: train.py reads without it.
@@ -42,8 +43,28 @@ def pick_precision(name, device):
     emulated and slow)."""
     if name == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_has_native_bf16(device) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return name
+
+
+def cuda_has_native_bf16(device):
+    """bf16 tensor cores: compute capability 8.0 (Ampere) and later. Not
+    torch.cuda.is_bf16_supported(), which by default also answers True where bf16 is only emulated
+    (a T4 is 7.5, a V100 7.0) and runs on slow fallback kernels."""
+    if torch.version.hip:  # ROCm GPUs that run PyTorch have bf16
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def process_device(name, local_rank, cuda_available, say=True):
+    """Under torchrun, one GPU per process: the GPU of its LOCAL_RANK, whatever --device cuda:N
+    says (which would put every process on GPU N). -> the device name."""
+    if name == "auto" and cuda_available or name.startswith("cuda"):
+        if name not in ("auto", "cuda") and say:
+            print(f"--device {name} under torchrun: each process takes the GPU of its LOCAL_RANK "
+                  "instead", file=sys.stderr)
+        return f"cuda:{local_rank}"
     return name
 
 
@@ -57,9 +78,9 @@ class Setup:
         if self.distributed:
             self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.main = self.rank == 0
-        on_cuda = args.device == "auto" and torch.cuda.is_available() or args.device == "cuda"
-        if self.distributed and on_cuda:
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if self.distributed:
+            args.device = process_device(args.device, int(os.environ.get("LOCAL_RANK", 0)),
+                                         torch.cuda.is_available(), self.main)
         self.device = pick_device(args.device)
         if self.distributed:
             if self.device.type == "cuda":
@@ -189,6 +210,33 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def rng_states(setup):
+    """Every process's RNG states, in rank order (gathered under DDP: every process calls this)."""
+    mine = rng_state(setup.device)
+    if not setup.distributed:
+        return [mine]
+    states = [None] * setup.world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng(ckpt, setup, seed):
+    """Each process takes back its own RNG states from the checkpoint (its groups, random masks and
+    device-side augmentations go on as if never stopped). A checkpoint of another number of
+    processes (or one from before per-process states) gives process 0 its states and the others
+    fresh seeds, said once."""
+    states = ckpt.get("rng_per_process") or [ckpt["rng"]]
+    if len(states) == setup.world:
+        set_rng_state(states[setup.rank], setup.device)
+        return
+    if setup.rank == 0:
+        set_rng_state(states[0], setup.device)
+    else:
+        torch.manual_seed(seed + setup.rank + 1_000_003 * ckpt["step"])
+    setup.say(f"the checkpoint holds the RNG states of {len(states)} process(es), this run has "
+              f"{setup.world}: processes other than 0 draw from fresh seeds (not an exact resume)")
+
+
 # ----------------------------------------------------------------------------- activation
 # checkpointing
 
@@ -233,6 +281,17 @@ def checkpoint_activations(model):
 
 
 # ----------------------------------------------------------------------------- stopping
+
+
+def any_process(flag, setup):
+    """flag of this process -> True where it is True on any process (one all-reduce under DDP), so
+    that all of them take the same branch: a process that skipped a step or left alone would leave
+    the others waiting in the next all-reduce until the collective timeout."""
+    if not setup.distributed:
+        return flag
+    flag = torch.tensor([float(flag)], device=setup.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class NonFiniteLoss(Exception):
