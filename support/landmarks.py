@@ -84,23 +84,34 @@ def central_patches(grid, k):
     return torch.sort(distance, stable=True).indices[:k]
 
 
+RANDOM_DRAWS = 8  # random masks drawn per image to measure random masking's hit rate
+
+
+def landmark_hits(mask, marks, grid):
+    """Which landmarks a mask keeps visible: mask (B,N) with 1 = masked, marks (B,L,2) in [0, 1] of
+    the image, grid patches a side -> (B,L) bool. A landmark outside the image is a miss, for every
+    masking alike."""
+    col, row = (marks * grid).floor().long().unbind(-1)  # (B,L) patch column and row
+    inside = (col >= 0) & (col < grid) & (row >= 0) & (row < grid)
+    patch = row.clamp(0, grid - 1) * grid + col.clamp(0, grid - 1)  # (B,L)
+    return (mask.gather(1, patch) == 0) & inside
+
+
 @torch.no_grad()
-def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
+def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0, seed=0):
     """Share of a face's landmarks that fall in *visible* patches under semantic masking (paper §3:
-    the kept patches should be the facial landmarks), and what random masking gives.
+    the kept patches should be the facial landmarks), and the same share under random masking and a
+    fixed mask of the K patches nearest the image centre (central_patches: on aligned faces the
+    landmarks crowd there, so a hit rate means something only above it). All three are counted by
+    landmark_hits, the same rule.
 
-    A second control is a fixed mask that keeps the K patches nearest the image centre
-    (central_patches): on aligned faces the landmarks crowd there, so a hit rate means something
-    only above it.
-
-    Each image's masking is scored for every one of the G groups (training draws one at random, so
-    this is the expectation over that draw), with BatchNorm in train mode on batches of `batch_size`
-    origin images, as the masks are made in training; the model itself is not changed. Random
-    masking keeps K of N patches whatever the image, so a landmark inside the image is visible with
-    probability K/N (12/49 = 24.5 %).
-    -> {"semantic": rate, "random": K/N, "central": rate of the fixed central mask, "per_group":
-    [rate per group],
-        "best_group": rate of the best group}
+    Each image's semantic masking is scored for every one of the G groups (training draws one at
+    random, so this is the expectation over that draw), with BatchNorm in train mode on batches of
+    `batch_size` origin images, as the masks are made in training; random masking is drawn as
+    training draws it (SimFLE.mask_patches, masking="random"), RANDOM_DRAWS times per image, from a
+    generator seeded with `seed` (the global RNG is left as it was). The model is not changed.
+    -> {"semantic": rate, "random": rate, "central": rate, "per_group": [rate per group],
+    "best_group": rate of the best group}
     """
     c = model.config
     if not c.use_facemae:
@@ -113,31 +124,35 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0):
     was_training = model.training
     model = model.to(device).train()
     grid = c.origin_size // c.patch_size
-    hits, total, central_hits = torch.zeros(c.groups), 0, 0.0
-    central = torch.zeros(grid * grid, dtype=torch.bool)
-    central[central_patches(grid, c.num_visible)] = True
-    for batch, _ in loader(data.ProbeView(dataset, c.origin_size, train=False), batch_size,
-                           workers):
-        if batch is None:
-            continue
-        origin, _, marks = data.probe_batch(batch, device)  # marks in [0, 1] of the image
-        # (B,C,h,w), as SimFLE.ffl
-        attn = model.grouping(model.backbone.feature_map(origin).float())
-        # (B,L) patch column and row of each landmark
-        col, row = (marks * grid).floor().long().unbind(-1)
-        inside = (col >= 0) & (col < grid) & (row >= 0) & (row < grid)
-        patch = (row.clamp(0, grid - 1) * grid + col.clamp(0, grid - 1))  # (B,L)
-        for g in range(c.groups):
-            chosen = torch.full((origin.shape[0],), g, device=device)
-            mask = model.mask_patches(attn, chosen, masking="semantic")[3]  # (B,N), 1 = masked
-            visible = (mask.gather(1, patch) == 0) & inside  # (B,L)
-            hits[g] += visible.float().sum().cpu()
-        central_hits += (central.to(device)[patch] & inside).float().sum().item()
-        total += marks.shape[0] * marks.shape[1]
+    hits, total, central_hits, random_hits = torch.zeros(c.groups), 0, 0.0, 0.0
+    central = torch.ones(1, grid * grid)
+    central[0, central_patches(grid, c.num_visible)] = 0  # 1 = masked
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch, _ in loader(data.ProbeView(dataset, c.origin_size, train=False), batch_size,
+                               workers):
+            if batch is None:
+                continue
+            origin, _, marks = data.probe_batch(batch, device)  # marks in [0, 1] of the image
+            # (B,C,h,w), as SimFLE.ffl
+            attn = model.grouping(model.backbone.feature_map(origin).float())
+            B = origin.shape[0]
+            for g in range(c.groups):
+                chosen = torch.full((B,), g, device=device)
+                mask = model.mask_patches(attn, chosen, masking="semantic")[3]  # (B,N)
+                hits[g] += landmark_hits(mask, marks, grid).float().sum().cpu()
+            for _ in range(RANDOM_DRAWS):
+                mask = model.mask_patches(attn, chosen, masking="random")[3]
+                random_hits += landmark_hits(mask, marks, grid).float().sum().item()
+            central_hits += landmark_hits(central.to(device).expand(B, -1), marks,
+                                          grid).float().sum().item()
+            total += marks.shape[0] * marks.shape[1]
     model.load_state_dict(snapshot)
     model.train(was_training)
     per_group = (hits / max(total, 1)).tolist()
-    return {"semantic": sum(per_group) / len(per_group), "random": c.num_visible / c.num_patches,
+    return {"semantic": sum(per_group) / len(per_group),
+            "random": random_hits / max(total * RANDOM_DRAWS, 1),
             "central": central_hits / max(total, 1), "per_group": per_group,
             "best_group": max(per_group), "images": len(dataset)}
 

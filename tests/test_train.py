@@ -99,7 +99,9 @@ def test_a_log_file_reads_line_by_line(tmp_path, monkeypatch):
     assert code == 0
     text = log.read_text()
     assert "\r" not in text and "epoch=1 step=2" in text and "epoch 1/1: 100%" in text
-    assert "linear probe (cached): 100%" in text  # the final probe's bar too
+    # the final probe's bars too: the lr search, then the head at the chosen lr
+    assert "probe lr, on a train hold-out: 100%" in text and "linear probe (cached, lr" in text
+    assert "pretrained − better random trunk: linear" in text
     assert max(len(line) for line in text.splitlines()) <= 300
 
 
@@ -455,7 +457,7 @@ def test_eval_landmarks_reports_the_hit_rate_trained_and_untrained(tmp_path, mon
                          "cpu"]) == 0
     report = json.load(open(os.path.join(out, "eval_landmarks_synthetic.json")))
     for key in ("hit_rate", "hit_rate_untrained"):
-        assert 0 <= report[key]["semantic"] <= 1 and report[key]["random"] == 12 / 49
+        assert 0 <= report[key]["semantic"] <= 1 and abs(report[key]["random"] - 12 / 49) < 0.1
         assert len(report[key]["per_group"]) == 32
     assert "landmark hit rate" in capsys.readouterr().out
 
@@ -489,7 +491,8 @@ def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
         kept = sum(int(p) in set(top[b].tolist()) for b in range(6) for p in patch[b])
         hits.append(kept / marks[..., 0].numel())
     assert r["per_group"] == pytest.approx(hits) and r["semantic"] == pytest.approx(sum(hits) / 4)
-    assert r["random"] == 12 / 49 and r["best_group"] == max(r["per_group"])
+    # random masking drawn as in training: 12 of 49 patches visible, landmarks all inside the image
+    assert abs(r["random"] - 12 / 49) < 0.06 and r["best_group"] == max(r["per_group"])
     # the fixed control: the 3x3 block at the centre of the 7x7 grid, and the patches above, left
     # and right of it
     central = {16, 17, 18, 23, 24, 25, 30, 31, 32, 10, 22, 26}
