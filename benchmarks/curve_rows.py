@@ -54,11 +54,16 @@ def cell(values):
 
 
 def write_table(arms, split, path):
-    """The table of the curves: one line per arm and probe point, mean ± std over the seeds."""
+    """The table of the curves: one line per arm and probe point, mean ± std over the seeds; the
+    collapse monitor's column where some row has it (train.py's embedding_std_sqrt_d and
+    embedding_cosine at that epoch)."""
+    monitored = any("embedding_cosine" in r for points in arms.values() for rs in points.values()
+                    for r in rs)
     lines = [f"| arm | epoch | images seen | seeds | {split} linear probe (%) | {split} k-NN (%) | "
              f"{split} without copies in train: linear / k-NN (%) | "
-             "hit rate / random / central (%) | FFL's share of the ResNet's gradient (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "hit rate / random / central (%) | FFL's share of the ResNet's gradient (%) |"
+             + (" collapse monitor: std × √d / mean cosine |" if monitored else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if monitored else "")]
     for arm, points in arms.items():
         for images in sorted(points):
             rs = points[images]
@@ -72,6 +77,11 @@ def write_table(arms, split, path):
             share = cell([100 * r["ffl_grad_share"] for r in rs if "ffl_grad_share" in r])
             lines.append(f"| {arm} | {rs[0]['epoch']} | {images:,} | {len(rs)} | {lin} | {knn} | "
                          f"{dedup} | {hit} | {share if share != '–' else ''} |")
+            if monitored:
+                spread = [r for r in rs if "embedding_cosine" in r]
+                lines[-1] += (" " + " / ".join(f"{statistics.mean(r[k] for r in spread):.2f}" for k in
+                                               ("embedding_std_sqrt_d", "embedding_cosine"))
+                              + " |" if spread else " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
