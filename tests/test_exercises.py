@@ -281,5 +281,24 @@ def test_calling_the_project_itself_is_not_an_answer(name, tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert exercises.failures(getattr(module, name), name) == answer
+    # under another name: from simfle import simclr_loss as f, called by the student's function
+    path = tmp_path / f"alias_{name}.py"
+    path.write_text(f"from simfle import {name} as f\n\n\ndef {name}(*args):\n    return f(*args)\n")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert exercises.failures(getattr(module, name), name) == answer
     if solutions is not None:
         assert exercises.failures(getattr(solutions, name), name) == []  # the solutions call simfle's helpers, not it
+
+
+def test_make_help_works_without_the_notebook_packages():
+    """python tutorial/make.py --help prints its usage where nbformat and jupytext are not installed."""
+    import subprocess
+    code = ("import runpy, sys; sys.modules['nbformat'] = None; sys.modules['jupytext'] = None; "
+            "sys.argv = ['make.py', '--help']; runpy.run_path('tutorial/make.py', run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "usage: make.py" in run.stdout, run.stderr[-2000:]
+    code = code.replace("'--help'", "'--check'")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "needs nbformat" in run.stderr and "Traceback" not in run.stderr

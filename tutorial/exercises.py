@@ -324,7 +324,18 @@ def failures(fn, name=None):
 def uses_the_library(fn, name):
     """Whether fn is simfle.py's own `name`, or its body calls it (simfle.name(...), x.name(...)): a checker that
     compares with the project would pass it without the student writing anything."""
-    if fn is getattr(simfle, name, None):
+    library = getattr(simfle, name, None)
+    if fn is library:
+        return True
+    # a name of fn's module bound to the library function (from simfle import simclr_loss as f), in fn or in a
+    # function defined inside it
+    codes, names = [getattr(fn, "__code__", None)], set()
+    while codes:
+        code = codes.pop()
+        if code is not None:
+            names |= set(code.co_names)
+            codes += [c for c in code.co_consts if inspect.iscode(c)]
+    if library is not None and any(getattr(fn, "__globals__", {}).get(n) is library for n in names):
         return True
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))

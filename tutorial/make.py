@@ -28,7 +28,10 @@ import sys
 import tempfile
 import time
 
-import nbformat
+try:  # the notebook packages: needed to build, not to read --help
+    import nbformat
+except ImportError:
+    nbformat = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -220,6 +223,8 @@ def main(argv=None):
     p.add_argument("--stub-model", action="store_true", help="with --student: stub the exercises' functions in "
                                                              "DIR's simfle.py")
     args = p.parse_args(argv)
+    if nbformat is None:
+        raise SystemExit("tutorial/make.py needs nbformat: pip install -r requirements.txt")
     if args.check:
         found = differences(build(), nbformat.read(NOTEBOOK, as_version=4))
         print("tutorial.ipynb matches tutorial/tutorial.py" if not found else
