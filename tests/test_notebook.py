@@ -205,6 +205,18 @@ def test_student_copy_has_no_answers_and_can_stub_the_model(tmp_path):
         assert ast.unparse(bodies[name][-1]).startswith("raise NotImplementedError"), name
         assert ast.get_docstring(next(n for n in tree.body if getattr(n, "name", None) == name)), name
     assert "def patchify" in source and "class SimFLE" in source
+    # --repo-url: REPO_URL and an Open-in-Colab badge written into the copy, the notebook still its source's
+    badge = make.set_repository(str(tmp_path), "https://github.com/a-course/simfle.git", "spring")
+    link = "https://colab.research.google.com/github/a-course/simfle/blob/spring/tutorial.ipynb"
+    assert link in badge
+    student_nb = nbformat.read(str(tmp_path / "tutorial.ipynb"), as_version=4)
+    assert make.differences(make.build(student=True, source=str(tmp_path / "tutorial" / "tutorial.py")), student_nb) == []
+    assert link in student_nb.cells[0].source and link in (tmp_path / "tutorial" / "README.md").read_text()
+    assert 'REPO_URL = "https://github.com/a-course/simfle.git"' in student_nb.cells[1].source
+    make.set_repository(str(tmp_path), "https://github.com/a-course/simfle", "main")  # again: replaced, not added
+    assert (tmp_path / "tutorial" / "tutorial.py").read_text().count("Open in Colab") == 1
+    with pytest.raises(SystemExit, match="GitHub address"):
+        make.colab_badge("https://example.org/simfle", "main")
 
 
 def png_dpi(png):

@@ -22,6 +22,7 @@ import argparse
 import ast
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,52 @@ def student(out_dir, stub_model=False, root=ROOT):
     return os.path.join(out_dir, "tutorial.ipynb")
 
 
+GITHUB = re.compile(r"^https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?$")
+BADGE = re.compile(r"^(# )?\[!\[Open in Colab\]\(.*$", re.M)
+
+
+def colab_badge(url, branch):
+    """The Open-in-Colab link of tutorial.ipynb in the GitHub repository at url, as a markdown line."""
+    match = GITHUB.match(url)
+    if not match:
+        raise SystemExit(f"--repo-url {url}: expected a GitHub address, https://github.com/<owner>/<repository>")
+    owner, name = match.groups()
+    return (f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/tutorial.ipynb)")
+
+
+def with_repository(text, url, badge, markdown_prefix):
+    """text (the notebook's source, a cell, or tutorial/README.md) with REPO_URL set to url and the Colab badge
+    under its first title, replacing one already there."""
+    text = re.sub(r'^REPO_URL = ".*"$', f'REPO_URL = "{url}"', text, count=1, flags=re.M)
+    if BADGE.search(text):
+        return BADGE.sub(markdown_prefix + badge, text, count=1)
+    title = "^" + re.escape(markdown_prefix) + "# .*$"  # "# # Title" in the percent source, "# Title" in markdown
+    return re.sub(title, lambda m: f"{m.group(0)}\n{markdown_prefix.rstrip()}\n{markdown_prefix}{badge}", text,
+                  count=1, flags=re.M)
+
+
+def set_repository(folder, url, branch="main"):
+    """Write REPO_URL and the Open-in-Colab badge for url into folder's tutorial/tutorial.py, tutorial.ipynb (the
+    same cells, outputs kept) and tutorial/README.md: what a course hands to students in one step."""
+    badge = colab_badge(url, branch)
+    source = os.path.join(folder, os.path.relpath(SOURCE, ROOT))
+    readme = os.path.join(folder, "tutorial", "README.md")
+    for path, prefix in ((source, "# "), (readme, "")):
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(with_repository(text, url, badge, prefix))
+    path = os.path.join(folder, "tutorial.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.source = with_repository(cell.source, url, badge, "") if cell.cell_type == "markdown" and \
+            cell is nb.cells[0] else re.sub(r'^REPO_URL = ".*"$', f'REPO_URL = "{url}"', cell.source, count=1,
+                                            flags=re.M)
+    nbformat.write(nb, path)
+    return badge
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--execute", action="store_true", help="run the notebook and keep its outputs")
@@ -222,6 +269,10 @@ def main(argv=None):
                    help="write a copy of the course without the answers and the instructor cells to DIR")
     p.add_argument("--stub-model", action="store_true", help="with --student: stub the exercises' functions in "
                                                              "DIR's simfle.py")
+    p.add_argument("--repo-url", metavar="URL", default=None,
+                   help="the course's GitHub address: set REPO_URL and add an Open-in-Colab badge for it to the "
+                        "notebook, its source and tutorial/README.md (of DIR with --student, else of this copy)")
+    p.add_argument("--branch", default="main", help="the branch the Colab badge opens (with --repo-url)")
     args = p.parse_args(argv)
     if nbformat is None:
         raise SystemExit("tutorial/make.py needs nbformat: pip install -r requirements.txt")
@@ -232,10 +283,15 @@ def main(argv=None):
         return 1 if found else 0
     if args.student:
         path = student(args.student, stub_model=args.stub_model)
+        if args.repo_url:
+            print(f"Open in Colab: {set_repository(args.student, args.repo_url, args.branch)}")
         if args.execute:
             nb = execute(nbformat.read(path, as_version=4), os.path.abspath(args.student))
             nbformat.write(nb, path)
         print(f"wrote the student copy to {args.student} (no tutorial/solutions.py)")
+        return 0
+    if args.repo_url:
+        print(f"Open in Colab: {set_repository(ROOT, args.repo_url, args.branch)}")
         return 0
     out = args.out or NOTEBOOK
     if args.solutions and os.path.abspath(out) == NOTEBOOK:

@@ -864,8 +864,14 @@ plt.show()
 QUICK = ("--num-synthetic 32 --batch-size 16 --epochs 2 --knn-samples 0 --probe false --grad-share-every 2 "
          "--precision fp32" if DEVICE == "cpu" else "")   # on a GPU: the README's quick start as it is
 run_dir = os.path.abspath(os.path.join("runs", "notebook-quickstart"))
-# `!` runs a shell command: python train.py with the kernel's own Python; the last lines of its log are shown
-# !{sys.executable} {REPO}/train.py {QUICK} --out {run_dir} 2>&1 | tail -n 9
+os.makedirs(os.path.dirname(run_dir), exist_ok=True)   # runs/, where the log goes
+# `!` runs a shell command: python train.py with the kernel's own Python, its log in a file. --overwrite: a second
+# run of this cell replaces the first (its curves.png too), so the picture below is always this run's
+# !{sys.executable} {REPO}/train.py {QUICK} --out {run_dir} --overwrite > {run_dir}.log 2>&1
+log = [line for line in open(run_dir + ".log").read().splitlines() if "it/s" not in line]   # no progress bars
+print("\n".join(log)[-3000:] if _exit_code else "\n".join(log[-6:]))
+if _exit_code:   # IPython's exit status of the `!` command: stop here, with train.py's own message above
+    raise SystemExit(f"train.py stopped with exit status {_exit_code}; its log: {run_dir}.log")
 display(Image(filename=os.path.join(run_dir, "curves.png"), width=900))
 
 # %% [markdown]
