@@ -236,3 +236,19 @@ def test_the_sync_free_colour_path_makes_the_same_images():
         index = device_augment.colour(x, **params, rois=boxes, select="index")
         where = device_augment.colour(x, **params, rois=boxes, select="where")
         torch.testing.assert_close(where, index, rtol=0, atol=1e-6)
+
+
+def test_gradient_shares_do_not_change_with_the_loss_scale():
+    """fp16 runs measure the shares on terms multiplied by the loss scale (small gradients would
+    underflow in fp16 otherwise): the shares are ratios, so the scale leaves them as they are."""
+    cfg = small(gfl="simclr", distill_target="ffl", distill_loss="cosine")
+    torch.manual_seed(0)
+    model = SimFLE(cfg)
+    origin, view1, view2 = data.pretrain_batch(loader_batch(cfg, 4, 0), "cpu")
+    shares = []
+    for scale in (1.0, 65536.0):
+        torch.manual_seed(1)  # the same group draws
+        shares.append(model.gradient_shares(origin, view1, view2, scale))
+    for key, value in shares[0].items():
+        assert abs(shares[1][key] - value) < 1e-6, key
+    assert 0 < shares[0]["grad_share_distillation"] < 1
