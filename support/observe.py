@@ -266,10 +266,8 @@ CURVE_PANELS = [("loss (log scale)", ("total", *WEIGHTED), True),
                 ("share of the ResNet's gradient", SHARES, False),
                 ("learning rate", ("lr",), False), ("images / s", ("images_per_s",), False),
                 ("k-NN accuracy, held-out", ("knn_accuracy",), False),
-                ("collapse: std of z per dim × √d (1 healthy, 0 collapsed)",
-                 ("embedding_std_sqrt_d",), False),
-                ("collapse: mean cosine of two faces' z (1 collapsed)", ("embedding_cosine",),
-                 False),
+                ("spread of z: std × √d (0: collapsed)", ("embedding_std_sqrt_d",), False),
+                ("cosine of two faces' z (1: collapsed)", ("embedding_cosine",), False),
                 ("landmark hit rate, semantic masking", ("landmark_hit_rate",), False)]
 
 
@@ -311,9 +309,13 @@ def draw_curves(metrics_path, png_path):
         for key in keys:
             points = [(r["epoch"], r[key]) for r in rows if key in r and (r[key] > 0 or not log)]
             if points:
-                # a few epochs are points, not a trend
-                ax.plot(*zip(*points), marker="o", markersize=5 if few else 3,
-                        ls="-" if not few else "none", label=key)
+                # a few epochs are points, not a trend; the total, which a dominant term (β·l_g² at
+                # the paper's weights) lies on, is drawn over it in black, dashed, hollow markers
+                total = key == "total"
+                ax.plot(*zip(*points), marker="o", markersize=(5 if few else 3) + 3 * total,
+                        ls=("--" if total else "-") if not few else "none", label=key,
+                        zorder=3 if total else 2, color="black" if total else None,
+                        markerfacecolor="none" if total else None)
         if log:
             ax.set_yscale("log")
             ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(keys),
