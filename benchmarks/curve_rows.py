@@ -79,9 +79,9 @@ def write_table(arms, split, path):
                          f"{dedup} | {hit} | {share if share != '–' else ''} |")
             if monitored:
                 spread = [r for r in rs if "embedding_cosine" in r]
-                lines[-1] += (" " + " / ".join(f"{statistics.mean(r[k] for r in spread):.2f}" for k in
-                                               ("embedding_std_sqrt_d", "embedding_cosine"))
-                              + " |" if spread else " |")
+                figures = [f"{statistics.mean(r[k] for r in spread):.2f}"
+                           for k in ("embedding_std_sqrt_d", "embedding_cosine")] if spread else []
+                lines[-1] += f" {' / '.join(figures)} |"
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
