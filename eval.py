@@ -161,6 +161,16 @@ def classification_report(pred, target, classes, duplicates=None):
             "confusion": confusion.tolist(), **deduplicated(pred, target, duplicates)}
 
 
+def mark_copies(train_base, scored):
+    """scored.duplicates = its faces with a near-exact copy in train_base (data.near_duplicates),
+    when some have one: -> their number (0: none)."""
+    found = data.near_duplicates(train_base, scored)
+    if found is None or not found[0].any():
+        return 0
+    scored.duplicates = found[0]
+    return int(found[0].sum())
+
+
 def deduplicated(pred, target, duplicates):
     """-> {accuracy_deduplicated, held_out_duplicates} if some scored faces are copies, else {}."""
     if duplicates is None or not duplicates.any():
@@ -190,9 +200,8 @@ def probe_head(dim, num_classes):
 
 # The one linear probe every user-facing path runs (eval.py --mode linear, train.py's verdict, the
 # benchmarks, the notebook): cached pooled features of the un-augmented training faces, 30 epochs,
-# batch 256, its lr chosen per trunk among PROBE_LRS on the training faces alone. One fixed lr does
-# not fit every trunk: on FER2013 the paper's 0.5 ranked a SimCLR trunk 2 points below the random
-# one, where the chosen lr puts it 6 points above (docs/departures.md).
+# batch 256, its lr chosen per trunk among PROBE_LRS on the training faces alone: on FER2013 a large
+# lr hides most of what a trunk learned, by how much differs per trunk (docs/departures.md).
 PROBE_LRS = (1.0, 0.3, 0.1, 0.03, 0.01)
 PROBE_EPOCHS, PROBE_BATCH = 30, 256
 # the paper's protocol (§4.1): augmented views, 100 epochs, batch 1024, lr 0.5 x batch / 256
@@ -234,15 +243,21 @@ def probe_features(train, test, classes, device="cpu", seed=0, lr=None, epochs=P
     return report, head
 
 
+def probe_and_knn(train, test, classes, device="cpu", seed=0, epochs=PROBE_EPOCHS, duplicates=None):
+    """Both opinions of cached features, train and test (features, labels), as the verdict and
+    learning_curve.py read a trunk: the one probe and k-NN. -> (linear report, k-NN report)."""
+    linear, _ = probe_features(train, test, classes, device, seed, epochs=epochs,
+                               duplicates=duplicates)
+    return linear, knn_report(train, test, classes, duplicates)
+
+
 def linear_probe(trunk, train_base, test_base, size, device, protocol="chosen", epochs=None,
                  batch_size=None, lr=None, workers=0, seed=0):
     """Linear probe of a frozen trunk (BN in eval mode): Linear(C, K) ~ N(0, 0.01) on standardised
-    features, SGD momentum 0.9, no weight decay, constant lr, cross-entropy.
-
-    protocol "chosen" (default): the one probe (probe_features): cached features, 30 epochs, batch
-    256, lr chosen on a train hold-out (or `lr` if given). "paper": the paper's protocol, training
-    on RandomResizedCrop + flip views, 100 epochs, batch 1024, lr 0.5 x batch / 256. -> (report,
-    head)."""
+    features, SGD momentum 0.9, no weight decay, constant lr, cross-entropy. Protocol "chosen": the
+    one probe (probe_features): cached features, 30 epochs, batch 256, lr chosen on a train hold-out
+    (or `lr` if given). "paper": the paper's protocol, training on RandomResizedCrop + flip views,
+    100 epochs, batch 1024, lr 0.5 x batch / 256. -> (report, head)."""
     trunk = trunk.to(device).eval().requires_grad_(False)
     test = frozen_features(trunk, test_base, size, device, workers)
     if protocol == "paper":
@@ -311,15 +326,19 @@ def train_head(trunk, cached, test, classes, train_base=None, size=None, device=
     return report, head.cpu()
 
 
+def knn_report(train, test, classes, duplicates=None, k=20):
+    """Weighted k-NN of cached features, train and test (features, labels): -> its report."""
+    report = classification_report(knn_predict(*train, test[0], len(classes), k), test[1], classes,
+                                   duplicates)
+    return {**report, "mode": "knn", "k": k}
+
+
 def knn_eval(trunk, train_base, test_base, size, device, k=20, workers=0):
     """Weighted k-NN on frozen pooled features (cosine similarity, k = 20)."""
     trunk = trunk.to(device).eval()
-    (tx, ty), (vx, vy) = (frozen_features(trunk, b, size, device, workers)
-                          for b in (train_base, test_base))
-    report = classification_report(knn_predict(tx, ty, vx, len(test_base.classes), k), vy,
-                                   test_base.classes, test_base.duplicates)
-    report.update({"mode": "knn", "k": k})
-    return report
+    train, test = (frozen_features(trunk, b, size, device, workers)
+                   for b in (train_base, test_base))
+    return knn_report(train, test, test_base.classes, test_base.duplicates, k)
 
 
 def finetune(trunk, train_base, test_base, size, device, epochs=30, batch_size=256, lr=None,
@@ -378,9 +397,7 @@ def compare_with_random(ckpt, data_name, root, device, epochs=PROBE_EPOCHS, seed
                                   synthetic_look=look, synthetic_count=count)
     test_base = data.get_dataset(data_name, root, split, seed=seed, render=True,
                                  synthetic_look=look)
-    found = data.near_duplicates(train_base, test_base)
-    if found is not None and found[0].any():
-        test_base.duplicates = found[0]
+    mark_copies(train_base, test_base)
     trained, cfg, _ = load_trunk(ckpt)
     torch.manual_seed(seed)  # the trunk as train.py --seed seed initialised it (torch seeded, then
     random_trunk = SimFLE(cfg).backbone  # the model built), as learning_curve.py's random trunk
@@ -390,14 +407,11 @@ def compare_with_random(ckpt, data_name, root, device, epochs=PROBE_EPOCHS, seed
     results = {}
     for name, trunk in (("pretrained", trained), ("random", random_trunk),
                         ("random, BN", random_bn)):
-        trunk = trunk.to(device).eval()
-        train, test = (frozen_features(trunk, b, cfg.view_size, device, workers)
+        train, test = (frozen_features(trunk.to(device).eval(), b, cfg.view_size, device, workers)
                        for b in (train_base, test_base))
-        linear, _ = probe_features(train, test, test_base.classes, device, seed, epochs=epochs,
-                                   duplicates=test_base.duplicates)
-        knn = classification_report(knn_predict(*train, test[0], len(test_base.classes)), test[1],
-                                     test_base.classes, test_base.duplicates)
-        results[name] = {"linear": linear, "knn": {**knn, "mode": "knn", "k": 20}}
+        linear, knn = probe_and_knn(train, test, test_base.classes, device, seed, epochs,
+                                    test_base.duplicates)
+        results[name] = {"linear": linear, "knn": knn}
     print_verdict(results, data_name, split, len(test_base), epochs, 1 / len(test_base.classes))
     with open(os.path.join(os.path.dirname(ckpt), f"probe_vs_random_{data_name}.json"), "w") as f:
         json.dump({"split": split, **results}, f, indent=2)
@@ -492,10 +506,9 @@ def evaluation_data(args, state):
     print(f"{args.data}: {len(train_base)} train / {len(test_base)} {args.split} images, "
           f"{len(classes)} classes ({', '.join(classes)})")
     # before a few-label subset: copies in the whole split
-    found = data.near_duplicates(train_base, test_base)
-    if found is not None and found[0].any():
-        test_base.duplicates = found[0]
-        print(f"{int(found[0].sum())} of the {args.split} faces have a near-exact copy in train "
+    copies = mark_copies(train_base, test_base)
+    if copies:
+        print(f"{copies} of the {args.split} faces have a near-exact copy in train "
               f"(cosine > {data.DUPLICATE_COSINE} on 16x16 grey pixels): accuracy is also reported "
               "without them")
     if args.labels_per_class:

@@ -133,16 +133,13 @@ def measure(trunk, size, args, seed, device):
     trunk = trunk.to(device).eval()
     (tx, ty), (vx, vy) = (evaluate.frozen_features(trunk, b, size, device)
                           for b in (train_base, held_out))
-    copies = duplicates(args, seed)
-    # eval.py's one probe: its lr chosen among PROBE_LRS on 10 % of the training faces held out
-    linear, _ = evaluate.probe_features((tx, ty), (vx, vy), held_out.classes, device, seed,
-                                        duplicates=copies)
-    lr = linear["probe_lr"]
-    knn_pred = evaluate.knn_predict(tx, ty, vx, len(held_out.classes))
-    knn = evaluate.classification_report(knn_pred, vy, held_out.classes, copies)
+    # eval.py's one probe (its lr chosen on 10 % of the training faces held out) and k-NN, as
+    # train.py's verdict reads them
+    linear, knn = evaluate.probe_and_knn((tx, ty), (vx, vy), held_out.classes, device, seed,
+                                         duplicates=duplicates(args, seed))
     out = {"linear": linear["last_epoch_accuracy"],
            "linear_mean_class": linear["mean_class_accuracy"], "knn": knn["accuracy"],
-           "probe_lr": lr}
+           "probe_lr": linear["probe_lr"]}
     if "accuracy_deduplicated" in linear:
         out.update(linear_dedup=linear["accuracy_deduplicated"],
                    knn_dedup=knn["accuracy_deduplicated"],

@@ -12,7 +12,7 @@ Each group carries "lr_mult"; Trainer.step sets group["lr"] = lr · lr_mult ever
 import torch
 
 
-def is_norm_or_bias(name, param):
+def is_norm_or_bias(param):
     """BatchNorm / LayerNorm weights and every bias: the 1-D tensors. The BYOL paper and solo-learn
     exclude them from weight decay and from LARS's adaptation."""
     return param.ndim <= 1
@@ -26,7 +26,7 @@ def param_groups(model, weight_decay, exclude_norm_bias=False, predictor_lr_mult
     the optimizer state of checkpoints written before these options)."""
     groups = {}
     for name, p in model.named_parameters():
-        excluded = exclude_norm_bias and is_norm_or_bias(name, p)
+        excluded = exclude_norm_bias and is_norm_or_bias(p)
         predictor = name.startswith("predictor.") and predictor_lr_mult != 1.0
         key = ("predictor" if predictor else "rest") + (", no decay" if excluded else "")
         group = groups.setdefault(key, {

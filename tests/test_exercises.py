@@ -270,23 +270,26 @@ def test_measurement_pass_outside_the_range_says_the_run_differs(capsys):
     assert out.startswith("PASS grouping_fall") and "outside" in out
 
 
+def module_from(path, source):
+    """The module a student's file (or cell) with this source makes, imported from path."""
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("name", [n for n in IMPLEMENT if hasattr(simfle, n)])  # ema_update is a method there
 def test_calling_the_project_itself_is_not_an_answer(name, tmp_path):
     answer = [("your own code", f"it calls the project's own {name} (simfle.py): write the computation itself")]
     assert exercises.failures(getattr(simfle, name), name) == answer
     # a wrapper written in a cell or a file: the source is read, as Jupyter keeps each cell's
-    path = tmp_path / f"wrapper_{name}.py"
-    path.write_text(f"import simfle\n\n\ndef {name}(*args):\n    return simfle.{name}(*args)\n")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = module_from(tmp_path / f"wrapper_{name}.py",
+                         f"import simfle\n\n\ndef {name}(*args):\n    return simfle.{name}(*args)\n")
     assert exercises.failures(getattr(module, name), name) == answer
     # under another name: from simfle import simclr_loss as f, called by the student's function
-    path = tmp_path / f"alias_{name}.py"
-    path.write_text(f"from simfle import {name} as f\n\n\ndef {name}(*args):\n    return f(*args)\n")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = module_from(tmp_path / f"alias_{name}.py",
+                         f"from simfle import {name} as f\n\n\ndef {name}(*args):\n    return f(*args)\n")
     assert exercises.failures(getattr(module, name), name) == answer
     if solutions is not None:
         assert exercises.failures(getattr(solutions, name), name) == []  # the solutions call simfle's helpers, not it

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 import data
 import train
-from e2e import QUICK
+from e2e import QUICK, random_pretrain_batch
 from simfle import SimFLE, SimFLEConfig
 from support import device_augment, run
 from support.run import NonFiniteLoss
@@ -70,14 +70,12 @@ def fake_setup(rank=0, world=1, precision="fp32"):
 
 
 def loader_batch(cfg, n, seed, nan=False):
-    """What the loader path collates: uint8 origin and views, a blur sigma per view."""
-    g = torch.Generator().manual_seed(seed)
-    batch = [torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
-             for s in (cfg.origin_size, cfg.view_size, cfg.view_size)]
-    sigma = torch.full((n, 2), 0.5)
+    """A batch as the loader collates it (e2e.random_pretrain_batch); nan: the blur of one view is
+    NaN, so that its loss becomes NaN."""
+    origin, view1, view2, sigma = random_pretrain_batch(cfg, n, seed)
     if nan:
-        sigma[0, 0] = float("nan")  # the blur of one view: its loss becomes NaN
-    return [*batch, sigma]
+        sigma[0, 0] = float("nan")
+    return [origin, view1, view2, sigma]
 
 
 def ddp_worker(rank, init_file, out_dir):

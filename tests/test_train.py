@@ -23,7 +23,7 @@ import train
 from simfle import SimFLEConfig
 from support import observe, run
 
-from e2e import QUICK, ROOT, metrics, run_script  # tests/e2e.py
+from e2e import QUICK, ROOT, metrics, random_pretrain_batch, run_script  # tests/e2e.py
 
 
 # ----------------------------------------------------------------------------- options
@@ -291,15 +291,6 @@ def test_memory_holds_steady_over_hundreds_of_steps():
     assert code == 0
     warm, late = bench_memory.summary(trace)
     assert late < warm * 1.10 + 50, f"RSS grew from {warm:.0f} MB to {late:.0f} MB"
-
-
-def random_pretrain_batch(cfg, n, seed=0):
-    """What data.collate makes of n PretrainView items: uint8 origin, view1, view2 and a sigma per
-    view."""
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
-              for s in (cfg.origin_size, cfg.view_size, cfg.view_size)]
-    return (*images, torch.empty(n, 2).uniform_(0.1, 2.0, generator=g))
 
 
 def saved_bytes_and_step(trainer, batch):
