@@ -4,12 +4,13 @@ linear-probe transforms).
 Three layers, top to bottom:
   1. get_dataset -> a FaceDataset: one face image, its expression label and (where the dataset has
      them) its landmarks, read from the layout each dataset is distributed in
-     (support/layouts.py), or drawn procedurally (SyntheticFaces; support/synthetic_faces.py).
+     (data_support/layouts.py), or drawn procedurally (SyntheticFaces;
+     data_support/synthetic_faces.py).
   2. PretrainView / ProbeView: the per-image, uint8 part of the augmentation (crop, flip, colour),
      cheap enough for DataLoader workers.
   3. pretrain_batch / probe_batch: the per-pixel float part (23-tap Gaussian blur, normalisation),
      done once per batch on the training device. With PretrainView(augment="device") the crop,
-     flip and colour move there too, batched (support/device_augment.py), and the workers only
+     flip and colour move there too, batched (data_support/device_augment.py), and the workers only
      decode.
 Splitting the augmentation this way keeps it the paper's while the workers only move uint8 bytes.
 
@@ -30,14 +31,10 @@ import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
-# the supporting modules' public names are data's too (data.FaceDataset, data.normalize, ...)
-from support.device_augment import (COLOUR_OPS, MEAN, STD, _gray, blur_views,  # noqa: F401
-                                    crop_boxes, gaussian_blur, normalize, render_views, view_params)
-from support.layouts import (AFFECTNET_CLASSES, FER2013_CLASSES, FERPLUS_CLASSES,  # noqa: F401
-                             IBUG68_NAMES, IMAGE_EXTENSIONS, RAFDB_CLASSES, READERS, SFEW_CLASSES,
-                             BadImageError, DatasetError, FaceDataset, LabelledSubset, read_image)
-from support.synthetic_faces import (ALIGNED_EYE_DX, ALIGNED_EYE_Y, LOOKS,  # noqa: F401
-                                     SYNTHETIC_LANDMARKS, draw_face)
+from data_support.device_augment import blur_views, normalize, render_views, view_params
+from data_support.layouts import (READERS, RAFDB_CLASSES, BadImageError, DatasetError, FaceDataset,
+                                  LabelledSubset)
+from data_support.synthetic_faces import LOOKS, SYNTHETIC_LANDMARKS, draw_face
 
 DATASETS = {
     "synthetic": "procedural faces with 7 expressions and 15 landmarks, generated on the fly (no "

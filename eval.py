@@ -1,8 +1,7 @@
 """
 Evaluate a pretrained SimFLE trunk, rebuilt from the checkpoint alone (no model flags).
 
-    python eval.py --ckpt runs/rafdb-paper/last.pt --data rafdb  # linear probe, the paper's
-        protocol
+    python eval.py --ckpt runs/rafdb-paper/last.pt --data rafdb  # linear probe (lr chosen)
     python eval.py --ckpt runs/synthetic-tiny/last.pt --mode landmarks  # landmark probe (NME)
     python eval.py --ckpt random --preset tiny                   # the randomly initialised baseline
     python eval.py --ckpt runs/rafdb-paper/last.pt --predict face1.jpg face2.jpg
@@ -14,6 +13,7 @@ initialisation).
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 import data
 from simfle import Backbone, SimFLE, SimFLEConfig
+from data_support.device_augment import normalize
+from data_support.layouts import BadImageError, DatasetError, read_image
+from data_support.synthetic_faces import LOOKS
+from eval_support.common import (CheckpointError, HelpFormatter, load_checkpoint, loader,
+                                 pick_device, run_cli)
+from eval_support.landmarks import hit_rate_trained_and_untrained, landmark_probe
+from eval_support.report import print_report, print_verdict, save_confusion_png
 
-# shared with train.py (support/common.py); imported here so that `from eval import X` keeps working
-from support.common import (CHECKPOINT_FORMAT, CheckpointError, HelpFormatter, capped,  # noqa: F401
-                            load_checkpoint, loader, pick_device, run_cli)
-# --mode landmarks: the landmark probe (NME) and the hit rate of semantic masking
-from support.report import print_report, print_verdict, save_confusion_png
-from support.landmarks import (central_patches, hit_rate_trained_and_untrained,  # noqa: F401
-                               landmark_hit_rate, landmark_probe)
 TRUNK_FORMAT = "simfle-trunk-v1"  # eval.py --export: the trunk alone (hubconf.py reads it)
 PROBE_FORMAT = "simfle-probe-v1"
 
@@ -68,7 +68,7 @@ def export_trunk(ckpt, path, preset="tiny"):
     torchvision's key names (a torchvision ResNet's, fc.* missing) and its SimFLEConfig as JSON,
     only tensors and strings, so that the file loads with torch.load(weights_only=True). -> 0"""
     trunk, cfg, name = load_trunk(ckpt, preset)
-    torch.save({"format": TRUNK_FORMAT, "config": json.dumps(cfg.to_dict()),
+    torch.save({"format": TRUNK_FORMAT, "config": json.dumps(dataclasses.asdict(cfg)),
                 "state_dict": trunk.state_dict()}, path)
     millions = sum(p.numel() for p in trunk.parameters()) / 1e6
     print(f"wrote {path}: the {cfg.backbone} trunk of {name} ({millions:.1f} M parameters, width "
@@ -434,13 +434,13 @@ def predict(ckpt, images, device):
     size = head_state["size"]
     for image_path in images:
         try:
-            img = data.read_image(image_path)
-        except data.BadImageError as e:
+            img = read_image(image_path)
+        except BadImageError as e:
             print(f"{image_path}: skipped ({e})", file=sys.stderr)
             continue
         x = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
                           align_corners=False)
-        x = data.normalize(x.round().clamp(0, 255).to(torch.uint8)).to(device)
+        x = normalize(x.round().clamp(0, 255).to(torch.uint8)).to(device)
         with torch.no_grad():
             probs = F.softmax(head(trunk(x)), dim=1)[0].cpu()
         order = probs.argsort(descending=True)
@@ -478,7 +478,7 @@ def build_parser():
     add("--labels-per-class", type=int, default=None, metavar="N",
         help="train the probe / fine-tuning on N labelled images per class of the train split (a "
              "seeded, class-balanced subset drawn with --seed; the rest unused); default: all")
-    add("--look", default=None, choices=list(data.LOOKS),
+    add("--look", default=None, choices=list(LOOKS),
         help="synthetic faces: default the look the checkpoint was trained on (aligned for --ckpt "
              "random)")
     add("--split", default="test", choices=["test", "val"],
@@ -501,7 +501,7 @@ def evaluation_data(args, state):
     test_base = data.get_dataset(args.data, args.root, args.split, seed=args.seed,
                                  synthetic_look=args.look, render=True)
     if not test_base.classes:
-        raise data.DatasetError(f"{args.data} has no labels to evaluate with")
+        raise DatasetError(f"{args.data} has no labels to evaluate with")
     classes = test_base.classes
     print(f"{args.data}: {len(train_base)} train / {len(test_base)} {args.split} images, "
           f"{len(classes)} classes ({', '.join(classes)})")

@@ -9,9 +9,9 @@ against two random trunks.
 
 Read train() first: build the data and the model, loop over epochs (train_epoch) and steps
 (Trainer.step, the training step of the paper), log, save, probe. What a run needs around that lives
-in support/run.py (device and precision, DDP, stop and resume, checkpoint files, activation
-checkpointing) and support/observe.py (metrics.jsonl, the console, curves.png, TensorBoard, the
-epoch-end monitors); docs/architecture.md maps the files.
+in train_support/run.py (device and precision, DDP, stop and resume, checkpoint files, activation
+checkpointing) and train_support/observe.py (metrics.jsonl, the console, curves.png, TensorBoard,
+the epoch-end monitors); docs/architecture.md maps the files.
 
 Device: cuda -> mps -> cpu unless told. Precision: bf16 autocast on GPUs that have it and on CPUs
 with bf16 instructions, fp16 + GradScaler on older GPUs (a Colab T4), fp32 on MPS and other CPUs.
@@ -19,6 +19,7 @@ The model file has no device code. A run folder (--out) holds config.json, metri
 per epoch), curves.png (redrawn after every epoch) and last.pt; --tensorboard adds TensorBoard
 scalars.
 """
+import dataclasses
 import math
 import os
 import sys
@@ -29,14 +30,13 @@ from tqdm import tqdm
 import data
 from eval import compare_with_random
 from simfle import SimFLE
-from support.common import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,  # noqa: F401
-                            run_cli)
-# the command line, every option and its defaults per preset: support/options.py (the model's
+from eval_support.common import CHECKPOINT_FORMAT, CheckpointError, run_cli
+# the command line, every option and its defaults per preset: train_support/options.py (the model's
 # options, such as --gfl and --masking, are generated there, one per SimFLEConfig field); see --help
-from support.options import TRAIN_DEFAULTS, build_parser, parse_args  # noqa: F401
-from support.optim import make_optimizer
-from support.observe import EpochTally, Monitor, RunLog, write_run_info
-from support.run import (NonFiniteLoss, Position, Setup, Stop, any_process, buffers_kept,
+from train_support.options import parse_args
+from train_support.optim import make_optimizer
+from train_support.observe import EpochTally, Monitor, RunLog, gradient_shares, write_run_info
+from train_support.run import (NonFiniteLoss, Position, Setup, Stop, any_process, buffers_kept,
                          checkpoint_activations, claim_run_folder, make_loader, restore_rng,
                          rng_states, save_checkpoint)
 
@@ -128,14 +128,14 @@ class Trainer:
         return {**values, **shares}
 
     def gradient_shares(self, origin, view1, view2):
-        """SimFLE.gradient_shares on this batch, invisible to the training: the random draws
-        (groups, masks) and the BatchNorm statistics are put back as they were, and no .grad is
-        touched, so a run with the measurement trains exactly as one without it."""
+        """gradient_shares (train_support/observe.py) on this batch, invisible to the training: the
+        random draws (groups, masks) and the BatchNorm statistics are put back as they were, and no
+        .grad is touched, so a run with the measurement trains exactly as one without it."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), buffers_kept(self.raw_model), self.autocast():
             # fp16: the terms scaled as the loss is, so that small gradients do not underflow
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-            return self.raw_model.gradient_shares(origin, view1, view2, scale)
+            return gradient_shares(self.raw_model, origin, view1, view2, scale)
 
     def state(self):
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -168,7 +168,7 @@ def learning_rate(args, epoch, step, steps_per_epoch):
 def train(argv=None):
     """The procedure: set up, build the data and the model (or resume), loop over epochs,
     checkpoint, probe.
-    -> exit code. Ctrl-C / SIGTERM save and stop the run (support/run.py's Stop)."""
+    -> exit code. Ctrl-C / SIGTERM save and stop the run (train_support/run.py's Stop)."""
     args = parse_args(argv)
     setup = Setup(args)
     claim_run_folder(args, setup)
@@ -194,7 +194,7 @@ def train(argv=None):
         if setup.main:
             save_checkpoint(ckpt_path, {
                 "format": CHECKPOINT_FORMAT, **trainer.state(), **at.state(), "preset": args.preset,
-                "config": args.config.to_dict(), "data": args.data,
+                "config": dataclasses.asdict(args.config), "data": args.data,
                 "classes": list(train_base.classes),
                 "train": run_info["train"], "rng": rngs[0], "rng_per_process": rngs})
 

@@ -32,6 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+from data_support.device_augment import MEAN, STD
 
 
 class SeparableBlur:
@@ -56,9 +57,8 @@ def reference_pipeline(size, origin_size):
                       T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
                       T.RandomGrayscale(p=0.2),
                       T.ToTensor(), SeparableBlur(round(23 * size / 224) // 2 * 2 + 1),
-                      T.Normalize(data.MEAN, data.STD)])
-    origin = T.Compose([T.Resize((origin_size, origin_size)), T.ToTensor(), T.Normalize(data.MEAN,
-                                                                                        data.STD)])
+                      T.Normalize(MEAN, STD)])
+    origin = T.Compose([T.Resize((origin_size, origin_size)), T.ToTensor(), T.Normalize(MEAN, STD)])
 
     def sample(path):
         img = Image.open(path).convert("RGB")

@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 from simfle import SimFLEConfig  # noqa: E402
+from train_support.run import Setup
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIONS = ("channels_last", "compile", "ckpt")
@@ -96,7 +97,7 @@ def peak_memory_gib(device):
 def measure(spec):
     """Build train.py's Trainer for one configuration and time its step: -> a result dict."""
     precision, options = parse_config(spec["config"])
-    setup = train.Setup(argparse.Namespace(device=spec["device"], precision=precision))
+    setup = Setup(argparse.Namespace(device=spec["device"], precision=precision))
     device = setup.device
     if spec["memory_fraction"] and device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(spec["memory_fraction"], device)

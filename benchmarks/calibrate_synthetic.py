@@ -21,6 +21,8 @@ import torchvision
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+from data_support.device_augment import normalize
+from data_support.synthetic_faces import LOOKS
 
 
 def render(split, count, seed, look="aligned"):
@@ -39,7 +41,7 @@ def resize(images, size):
 
 @torch.no_grad()
 def features(trunk, images, batch=250):
-    return torch.cat([trunk(data.normalize(images[i:i + batch])) for i in range(0, len(images),
+    return torch.cat([trunk(normalize(images[i:i + batch])) for i in range(0, len(images),
                                                                                 batch)])
 
 
@@ -79,7 +81,7 @@ def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, 
         perm = torch.randperm(len(xtr))
         for k in range(len(xtr) // batch):
             idx = perm[k * batch:(k + 1) * batch]
-            x = data.normalize(xtr[idx].to(device))
+            x = normalize(xtr[idx].to(device))
             # light augmentation: flip and a shift of up to 1/16 of the image
             x = torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
             pad = size // 16
@@ -92,7 +94,7 @@ def supervised(xtr, ytr, xte, yte, epochs, seed, batch=64, lr=2e-3, model=None, 
             sched.step()
         model.eval()
         with torch.no_grad():
-            acc = (torch.cat([model(data.normalize(xte[i:i + 250].to(device))).argmax(1).cpu()
+            acc = (torch.cat([model(normalize(xte[i:i + 250].to(device))).argmax(1).cpu()
                               for i in range(0, len(xte), 250)]) == yte)
         print(f"  epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy "
               f"{acc.float().mean().item():.3f} "
@@ -109,7 +111,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", choices=["val", "test"],
                    help="the synthetic split scored")
-    p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
+    p.add_argument("--look", default="aligned", choices=list(LOOKS),
                    help="the synthetic faces' look")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args()

@@ -30,7 +30,13 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 import calibrate_synthetic as calibrate  # noqa: E402  (this folder)
-from simfle import SimFLE, SimFLEConfig  # noqa: E402
+from data_support.layouts import BadImageError  # noqa: E402
+from data_support.synthetic_faces import LOOKS  # noqa: E402
+from eval_support.common import load_checkpoint, pick_device  # noqa: E402
+from eval_support.landmarks import (hit_rate_trained_and_untrained, inspect_ffl,  # noqa: E402
+                                    landmark_probe)
+from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+from train_support.options import TRAIN_DEFAULTS  # noqa: E402
 
 # name -> (run folder, train.py options); None: no pretraining; "supervised": trained on labels
 ARMS = {
@@ -50,7 +56,7 @@ def supervised_trunk(args, seed, device):
     4,000 faces.)"""
     cfg = SimFLEConfig.preset(args.preset)
     torch.manual_seed(seed)
-    trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
+    trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
     train_base, test_base = datasets(args, seed)
     (xtr, ytr), (xte, yte) = (labelled_images(b, cfg.view_size) for b in (train_base, test_base))
     model = nn.Sequential(trunk, nn.Linear(trunk.dim, len(test_base.classes)))
@@ -68,7 +74,7 @@ def labelled_images(base, size):
     for i in range(len(base)):
         try:
             img, label, _ = base[i]
-        except data.BadImageError:  # unreadable: left out, as the training loops do
+        except BadImageError:  # unreadable: left out, as the training loops do
             continue
         images.append(calibrate.resize(img[None], size)[0])
         labels.append(label)
@@ -91,7 +97,7 @@ def evaluate_trunk(trunk, cfg, args, seed, device):
     result = {"accuracy": report["last_epoch_accuracy"],
               "mean_class_accuracy": report["mean_class_accuracy"]}
     if train_base.num_landmarks:
-        result["nme"] = evaluate.landmark_probe(trunk, train_base, test_base, cfg.origin_size,
+        result["nme"] = landmark_probe(trunk, train_base, test_base, cfg.origin_size,
                                                 device,
                                                 workers=args.workers, seed=seed)["nme"]
     return result
@@ -105,7 +111,7 @@ def hit_rates(ckpt_path, args, seed, device):
     test_base = datasets(args, seed)[1]
     if not test_base.num_landmarks:
         return {}
-    trained, untrained = evaluate.hit_rate_trained_and_untrained(model, seed, test_base, device)
+    trained, untrained = hit_rate_trained_and_untrained(model, seed, test_base, device)
     return {"hit_rate": trained["semantic"], "hit_rate_untrained": untrained["semantic"],
             "hit_rate_random_masking": trained["random"]}
 
@@ -115,7 +121,7 @@ def group_map_figure(ckpt_path, args, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    state = evaluate.load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path)
     model = SimFLE(state["config_obj"])
     model.load_state_dict(state["model"])
     model.eval()
@@ -124,7 +130,7 @@ def group_map_figure(ckpt_path, args, path):
     batch, _ = data.collate([data.ProbeView(test_base, cfg.origin_size,
                                             train=False)[i] for i in range(4)])
     images, _, _ = data.probe_batch(batch, torch.device("cpu"))
-    maps = model.inspect(images)["maps"]  # (B,G,h,w)
+    maps = inspect_ffl(model, images)["maps"]  # (B,G,h,w)
     groups = maps.flatten(2).var(2).mean(0).argsort(descending=True)[:6]  # the 6 most varied groups
     fig, axes = plt.subplots(4, 7, figsize=(10.5, 6))
     for r in range(4):
@@ -180,7 +186,7 @@ def main():
                    help="pretraining epochs (the budget; default: train.py's)")
     p.add_argument("--num-synthetic", type=int, default=4000,
                    help="synthetic training images (4000: train.py's default)")
-    p.add_argument("--look", default="aligned", choices=list(data.LOOKS),
+    p.add_argument("--look", default="aligned", choices=list(LOOKS),
                    help="synthetic faces' look")
     p.add_argument("--train-options", default="",
                    help="more train.py options for every pretrained arm, e.g. '--lr 0.1'")
@@ -193,8 +199,8 @@ def main():
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args()
-    device = evaluate.pick_device(args.device)
-    args.epochs = args.epochs or train.TRAIN_DEFAULTS[args.preset]["epochs"]
+    device = pick_device(args.device)
+    args.epochs = args.epochs or TRAIN_DEFAULTS[args.preset]["epochs"]
     os.makedirs(args.out, exist_ok=True)
     results, t0 = {arm: [] for arm in args.arms}, time.time()
     for seed in args.seeds:
@@ -203,7 +209,7 @@ def main():
             if options in (None, "random-bn"):
                 torch.manual_seed(seed)
                 cfg = SimFLEConfig.preset(args.preset)
-                trunk = evaluate.Backbone(cfg.backbone, cfg.stem, cfg.width)
+                trunk = Backbone(cfg.backbone, cfg.stem, cfg.width)
                 # the same random weights, BatchNorm statistics of the training faces
                 if options == "random-bn":
                     trunk = evaluate.recompute_batchnorm(trunk, datasets(args, seed)[0],

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import train  # noqa: E402
 from simfle import SimFLEConfig  # noqa: E402
-from support.run import pick_precision  # noqa: E402
+from train_support.run import pick_precision  # noqa: E402
 
 SYNCING = ("item", "tolist", "cpu", "nonzero")  # what the CPU dry run counts
 

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 from simfle import SimFLE  # noqa: E402
+from eval_support.common import load_checkpoint
 
 
 def trunks(ckpt, state, cfg):
@@ -60,7 +61,7 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results/fer2013_few_labels.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    state = evaluate.load_checkpoint(args.ckpt)
+    state = load_checkpoint(args.ckpt)
     cfg = state["config_obj"]
     train_base = data.get_dataset(args.data, args.root, "train", render=True)
     held_out = data.get_dataset(args.data, args.root, args.split, render=True)

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from simfle import SimFLE, SimFLEConfig  # noqa: E402
+from train_support.observe import gradient_shares  # noqa: E402
 
 OPEN = dict(gfl="simclr", distill_target="ffl", distill_loss="cosine")
 ARMS = {"BYOL, the paper's weights": dict(gfl="byol"),
@@ -37,7 +38,7 @@ def share_at_init(options, seed, n=16):
     builds (torch seeded right before it), on one random batch of n."""
     torch.manual_seed(seed)
     cfg = SimFLEConfig.preset("tiny", **options)
-    return SimFLE(cfg).gradient_shares(*random_batch(cfg, n, seed))["grad_share_distillation"]
+    return gradient_shares(SimFLE(cfg), *random_batch(cfg, n, seed))["grad_share_distillation"]
 
 
 def main(argv=None):

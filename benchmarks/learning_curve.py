@@ -48,6 +48,11 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+from data_support.layouts import DatasetError
+from train_support.options import build_parser
+from train_support.run import save_checkpoint
+from eval_support.landmarks import landmark_hit_rate
+from eval_support.common import load_checkpoint, loader
 from curve_rows import append_row, draw, read_rows  # noqa: E402,F401  (this folder)
 from sweep_synthetic import Pixels  # noqa: E402  (this folder: the pixels themselves as features)
 
@@ -166,7 +171,7 @@ def hit_rates(model, args, seed, device):
     held_out = datasets(args, seed)[1]
     if not held_out.num_landmarks or not model.config.use_facemae:
         return {}
-    h = evaluate.landmark_hit_rate(model, held_out, device)
+    h = landmark_hit_rate(model, held_out, device)
     return {"hit_rate": h["semantic"], "hit_rate_best_group": h["best_group"],
             "hit_rate_random": h["random"], "hit_rate_central": h["central"]}
 
@@ -197,7 +202,7 @@ def pretrain_arm(args, arm, seed, done, device):
             continue
         steps = epoch * steps_per_epoch(args, seed)
         # None: no run yet
-        at = evaluate.load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None
+        at = load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None
         # the checkpoint is past this point (a row was lost): start again
         if at is not None and at > steps:
             os.remove(ckpt)
@@ -214,7 +219,7 @@ def pretrain_arm(args, arm, seed, done, device):
             add_seconds(folder, time.time() - t0, restart=at is None)
             print(f"{arm} seed {seed}: epoch {epoch} reached in {time.time() - t0:.0f} s",
                   flush=True)
-        state = evaluate.load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt)
         model, cfg = evaluate.load_model(ckpt, state)
         row = {"arm": arm, "seed": seed, "epoch": epoch, "images": state["step"] * args.batch_size,
                "options": " ".join(options),
@@ -246,7 +251,7 @@ def read_test(args, arm, seed, done, device, ckpt, trunk=None, load=None):
         raise SystemExit(f"error: no checkpoint {ckpt} to read on test: run this arm's curve on "
                          "val first")
     if trunk is None:
-        state = evaluate.load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt)
         model, cfg = evaluate.load_model(ckpt, state)
         trunk, size = model.backbone, cfg.view_size
         epoch = state["step"] // steps_per_epoch(args, seed)
@@ -304,7 +309,7 @@ def own_loop_arm(args, arm, seed, done, device, model, optimizer, one_epoch, tru
         model.train()
         one_epoch(epoch)
         seconds += time.time() - t0
-        train.save_checkpoint(ckpt, {"model": model.state_dict(),
+        save_checkpoint(ckpt, {"model": model.state_dict(),
                                      "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                      "seconds": seconds})
         if epoch + 1 in points_now(args) and epoch + 1 not in done:
@@ -338,7 +343,7 @@ def supervised_arm(args, seed, done, device):
     def one_epoch(epoch):
         view.set_epoch(epoch)
         cosine_lr(optimizer, lr, epoch, args.epochs)
-        batches = evaluate.loader(view, args.batch_size, 0, shuffle=True, seed=seed + epoch)
+        batches = loader(view, args.batch_size, 0, shuffle=True, seed=seed + epoch)
         for _, (b, _) in zip(range(steps_per_epoch(args, seed)), batches):
             x, y, _ = data.probe_batch(b, device)
             loss = F.cross_entropy(model(x), y)
@@ -418,7 +423,7 @@ def lightly_byol_arm(args, seed, done, device):
 
 def config_overrides(args):
     """The model fields COMMON and --options set (for the arms that do not go through train.py)."""
-    parsed = train.build_parser().parse_args(shlex.split(COMMON) + shlex.split(args.options))
+    parsed = build_parser().parse_args(shlex.split(COMMON) + shlex.split(args.options))
     return {f: getattr(parsed, f) for f in SimFLEConfig.__dataclass_fields__
             if getattr(parsed, f) is not None}
 
@@ -509,7 +514,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     try:
         per_epoch = steps_per_epoch(args, args.seeds[0]) * args.batch_size
-    except data.DatasetError as e:
+    except DatasetError as e:
         raise SystemExit(f"error: {e}")
     args.epochs = args.epochs or max(1, math.ceil(args.images / per_epoch))
     if args.split == "test":

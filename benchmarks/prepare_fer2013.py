@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+from data_support.layouts import FER2013_CLASSES, FaceDataset
 
 # emotion 0..6, fer2013.csv's order
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -170,7 +171,7 @@ def report_duplicates(out, faces, emotions, usages):
     split and written to <out>/duplicates.json as indices within the split, in the order --data
     fer2013 reads it, with the nearest Training face of each."""
     usages = np.array(usages)
-    split = {u: data.FaceDataset("fer2013", data.FER2013_CLASSES,
+    split = {u: FaceDataset("fer2013", FER2013_CLASSES,
                                  torch.from_numpy(faces[usages == u]),
                                  emotions[usages == u].tolist()) for u in USAGES}
     report = {"threshold": data.DUPLICATE_COSINE, "pixels": "16x16 grey, cosine similarity"}

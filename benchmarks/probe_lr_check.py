@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import eval as evaluate  # noqa: E402
 import learning_curve  # noqa: E402  (this folder)
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+from eval_support.common import load_checkpoint, run_cli
 
 WIDE_LRS = evaluate.PROBE_LRS + (0.003, 0.001, 0.0003)
 
@@ -38,7 +39,7 @@ def load(name, args, steps):
         torch.manual_seed(args.seed)
         return SimFLE(cfg).backbone, f"random trunk, seed {args.seed}"
     if os.path.basename(name) != "arm.pt":
-        state = evaluate.load_checkpoint(name)
+        state = load_checkpoint(name)
         return evaluate.load_trunk(name,
                                    state=state)[0], f"{name} (epoch {state['step'] / steps:g})"
     state = torch.load(name, map_location="cpu", weights_only=True)
@@ -101,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(evaluate.run_cli(main))
+    sys.exit(run_cli(main))

@@ -28,6 +28,7 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLEConfig  # noqa: E402
+from eval_support.common import load_checkpoint, pick_device
 
 
 def probe_val(trunk, args_train, size, seed, device):
@@ -88,7 +89,7 @@ def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None)
             return {"name": name, "options": options, "seed": seed,
                     "error": f"train.py exit {code}"}
     ckpt = os.path.join(run_dir, "last.pt")
-    state = evaluate.load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt)
     trunk, cfg, _ = evaluate.load_trunk(ckpt, state=state)
     size = probe_size or cfg.view_size
     if probe_size:
@@ -142,12 +143,12 @@ def main():
     args = p.parse_args()
     if args.baselines:
         for seed in args.seeds:
-            for name, acc in baselines(seed, evaluate.pick_device(args.device)).items():
+            for name, acc in baselines(seed, pick_device(args.device)).items():
                 print(f"| {name} | {seed} | {100 * acc:.1f} |")
         return
     rows = [json.loads(line) for line in open(args.out)] if os.path.isfile(args.out) else []
     if not args.table:
-        device = evaluate.pick_device(args.device)
+        device = pick_device(args.device)
         done = {(r["name"], r["seed"]): r for r in rows if "error" not in r}
         for spec in args.config:
             name, _, options = spec.partition(":")

@@ -12,6 +12,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import data  # noqa: E402
+from data_support.layouts import BadImageError, DatasetError, read_image
+from data_support.synthetic_faces import ALIGNED_EYE_DX, ALIGNED_EYE_Y
 
 # data.py silences torchvision 0.29's notice that its decoders will move to TorchCodec; pytest
 # resets filters per test
@@ -203,7 +205,7 @@ def test_images(tmp_path):
     write_text(str(tmp_path / "notes.txt"), "not an image")
     ds = data.get_dataset("images", tmp_path)
     assert len(ds) == 3 and ds.classes == [] and ds.labels == [-1] * 3
-    with pytest.raises(data.DatasetError, match="no test split"):
+    with pytest.raises(DatasetError, match="no test split"):
         data.get_dataset("images", tmp_path, "test")
 
 
@@ -224,7 +226,7 @@ def test_default_root_is_data_slash_name(tmp_path, monkeypatch):
     ("sfew", "Train/<Class>/"), ("folder", "train/<class>/"), ("images", "*.jpg")])
 def test_missing_root_message(tmp_path, name, expected):
     root = tmp_path / "nowhere"
-    with pytest.raises(data.DatasetError) as err:
+    with pytest.raises(DatasetError) as err:
         data.get_dataset(name, root)
     message = str(err.value)
     assert name in message and expected in message and str(root) in message
@@ -233,24 +235,24 @@ def test_missing_root_message(tmp_path, name, expected):
 
 def test_wrong_layout_message(tmp_path):
     make_class_folders(tmp_path, ["Image/aligned/train_00001_aligned.jpg"])  # labels missing
-    with pytest.raises(data.DatasetError, match="list_patition_label.txt"):
+    with pytest.raises(DatasetError, match="list_patition_label.txt"):
         data.get_dataset("rafdb", tmp_path)
 
 
 def test_unknown_dataset():
-    with pytest.raises(data.DatasetError, match="synthetic"):
+    with pytest.raises(DatasetError, match="synthetic"):
         data.get_dataset("cifar10")
 
 
 def test_empty_split(tmp_path):
     make_rafdb_basic(tmp_path, ["train_00001.jpg 5"])
-    with pytest.raises(data.DatasetError, match="test split is empty.*list_patition_label.txt"):
+    with pytest.raises(DatasetError, match="test split is empty.*list_patition_label.txt"):
         data.get_dataset("rafdb", tmp_path, "test")
 
 
 def test_label_out_of_range(tmp_path):
     make_rafdb_basic(tmp_path, ["train_00001.jpg 5", "train_00002.jpg 1", "train_00003.jpg 9"])
-    with pytest.raises(data.DatasetError) as err:
+    with pytest.raises(DatasetError) as err:
         data.get_dataset("rafdb", tmp_path)
     assert "list_patition_label.txt, line 3" in str(err.value)
     assert "9 out of range 1..7" in str(err.value)
@@ -260,23 +262,23 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     make_fer(tmp_path / "a")
     with open(tmp_path / "a" / "fer2013.csv", "a") as f:
         f.write("3,1 2 3,Training\n")  # line 8: 3 pixels instead of 2304
-    with pytest.raises(data.DatasetError, match=r"fer2013.csv, line 8: malformed row"):
+    with pytest.raises(DatasetError, match=r"fer2013.csv, line 8: malformed row"):
         data.get_dataset("fer2013", tmp_path / "a")
     make_fer(tmp_path / "b", [(0, "Training"), (7, "Training")])
-    with pytest.raises(data.DatasetError, match=r"fer2013.csv, line 3: label 7 out of range"):
+    with pytest.raises(DatasetError, match=r"fer2013.csv, line 3: label 7 out of range"):
         data.get_dataset("fer2013", tmp_path / "b")
     make_affectnet(tmp_path / "c")
     with open(tmp_path / "c" / "Manually_Annotated_file_lists" / "training.csv", "a") as f:
         f.write("1/t0.png,10,5,30,40,1;2;3,2,0,0\n")  # line 9: 3 landmark numbers
-    with pytest.raises(data.DatasetError,
+    with pytest.raises(DatasetError,
                        match=r"training.csv, line 9: malformed row, facial_landmarks"):
         data.get_dataset("affectnet8", tmp_path / "c")
     with open(tmp_path / "c" / "Manually_Annotated_file_lists" / "validation.csv", "a") as f:
         f.write("1/v0.png,10,5\n")
-    with pytest.raises(data.DatasetError, match=r"validation.csv, line 5: malformed row"):
+    with pytest.raises(DatasetError, match=r"validation.csv, line 5: malformed row"):
         data.get_dataset("affectnet8", tmp_path / "c", "test")
     make_rafdb_basic(tmp_path / "d", ["train_00001.jpg 5", "train_00002.jpg"])
-    with pytest.raises(data.DatasetError, match=r"list_patition_label.txt, line 2: malformed row"):
+    with pytest.raises(DatasetError, match=r"list_patition_label.txt, line 2: malformed row"):
         data.get_dataset("rafdb", tmp_path / "d")
 
 
@@ -287,9 +289,9 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     good = (tmp_path / "good1.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(good[:len(good) // 2])
     ds = data.get_dataset("images", tmp_path)
-    with pytest.raises(data.BadImageError, match="zero.jpg"):
+    with pytest.raises(BadImageError, match="zero.jpg"):
         ds[3]
-    assert not issubclass(data.BadImageError, data.DatasetError)
+    assert not issubclass(BadImageError, DatasetError)
     for view in (data.PretrainView(ds, 32, 16), data.ProbeView(ds, 32)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -314,7 +316,7 @@ def test_image_modes_become_rgb(tmp_path, mode, suffix):
     else:
         Image.fromarray(rgb).convert(mode).save(path)
         expected = np.asarray(Image.open(path).convert("RGB"))
-    img = data.read_image(path)
+    img = read_image(path)
     assert img.shape == (3, 12, 10) and img.dtype == torch.uint8
     tolerance = 0 if suffix != "jpg" else 2
     assert (img.permute(1, 2,
@@ -365,18 +367,18 @@ def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
         eyes = torch.stack([ds[i][2][8:10] for i in range(60)]) / 100  # (n, 2 eyes, xy) in [0, 1]
         return eyes, eyes.std(0).max().item()
     eyes, spread = eye_spread("aligned")
-    target = torch.tensor([[0.5 - data.ALIGNED_EYE_DX / 2, 0.5 + data.ALIGNED_EYE_Y / 2],
-                           [0.5 + data.ALIGNED_EYE_DX / 2, 0.5 + data.ALIGNED_EYE_Y / 2]])
+    target = torch.tensor([[0.5 - ALIGNED_EYE_DX / 2, 0.5 + ALIGNED_EYE_Y / 2],
+                           [0.5 + ALIGNED_EYE_DX / 2, 0.5 + ALIGNED_EYE_Y / 2]])
     assert (eyes.mean(0) - target).abs().max() < 0.02 and spread < 0.03
     assert eye_spread("scene")[1] > 2 * spread
-    with pytest.raises(data.DatasetError, match="look"):
+    with pytest.raises(DatasetError, match="look"):
         data.get_dataset("synthetic", synthetic_look="cartoon")
 
 
 def test_only_synthetic_faces_and_fer2013_have_a_val_split(tmp_path):
-    with pytest.raises(data.DatasetError, match="only synthetic and fer2013 have a val split"):
+    with pytest.raises(DatasetError, match="only synthetic and fer2013 have a val split"):
         data.get_dataset("rafdb", tmp_path, "val")
-    with pytest.raises(data.DatasetError, match="unknown split"):
+    with pytest.raises(DatasetError, match="unknown split"):
         data.get_dataset("synthetic", split="validation")
 
 

@@ -1,6 +1,6 @@
-"""support/device_augment.py through data.py: the batched blur and normalisation are the textbook
-ones, and the views made on the device (crop, flip, colour as matrices) equal torchvision's ops with
-the same draws and look like the loader's."""
+"""data_support/device_augment.py: the batched blur and normalisation are the textbook ones, and
+the views made on the device (crop, flip, colour as matrices) equal torchvision's ops with the same
+draws and look like the loader's."""
 import os
 import sys
 
@@ -12,6 +12,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import data  # noqa: E402
+from data_support.device_augment import (COLOUR_OPS, MEAN, STD, _gray, crop_boxes, gaussian_blur,
+                                         normalize, render_views, view_params)
 
 # data.py silences torchvision 0.29's notice that its decoders will move to TorchCodec; pytest
 # resets filters per test
@@ -27,14 +29,14 @@ def test_gaussian_blur_matches_torchvision():
         k = round(23 * size / 224) // 2 * 2 + 1
         expected = torch.stack([F.gaussian_blur(x[i], [k, k],
                                                 [sigma[i].item()] * 2) for i in range(11)])
-        assert torch.allclose(data.gaussian_blur(x, sigma), expected, atol=1e-5)
+        assert torch.allclose(gaussian_blur(x, sigma), expected, atol=1e-5)
     assert round(23 * 224 / 224) // 2 * 2 + 1 == 23
 
 
 def test_normalize_matches_torchvision():
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    expected = v2.Normalize(data.MEAN, data.STD)(v2.ToDtype(torch.float32, scale=True)(x))
-    assert torch.allclose(data.normalize(x), expected, atol=1e-5)
+    expected = v2.Normalize(MEAN, STD)(v2.ToDtype(torch.float32, scale=True)(x))
+    assert torch.allclose(normalize(x), expected, atol=1e-5)
 
 
 def test_pretrain_and_probe_batch():
@@ -44,8 +46,8 @@ def test_pretrain_and_probe_batch():
     origin, v1, v2_ = data.pretrain_batch(batch, torch.device("cpu"))
     assert origin.shape == (4, 3, 24, 24) and v1.shape == v2_.shape == (4, 3, 32, 32)
     assert v1.dtype == torch.float32
-    assert torch.allclose(v1, data.gaussian_blur(data.normalize(batch[1]), batch[3][:, 0]))
-    assert torch.allclose(origin, data.normalize(batch[0]))
+    assert torch.allclose(v1, gaussian_blur(normalize(batch[1]), batch[3][:, 0]))
+    assert torch.allclose(origin, normalize(batch[0]))
     batch, _ = data.collate([data.ProbeView(base, 16, train=False)[i] for i in range(4)])
     images, labels, landmarks = data.probe_batch(batch, "cpu")
     assert images.shape == (4, 3, 16, 16) and labels.dtype == torch.long and landmarks.shape == (4,
@@ -69,7 +71,7 @@ def test_batched_crops_follow_random_resized_crop(H, W, scale):
     RandomResizedCrop.get_params."""
     n = 4000
     torch.manual_seed(0)
-    top, left, h, w = data.crop_boxes(torch.tensor([[H, W]] * n), (scale, 1.0)).T
+    top, left, h, w = crop_boxes(torch.tensor([[H, W]] * n), (scale, 1.0)).T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
     assert (h > 0).all() and (w > 0).all()
     img = torch.zeros(3, H, W)
@@ -86,7 +88,7 @@ def test_batched_crop_falls_back_to_torchvision_centre_crop():
     """No crop of area >= 0.5 with aspect ratio <= 4/3 fits a 20x200 image: both take the centre,
     4/3 wide."""
     torch.manual_seed(0)
-    boxes = data.crop_boxes(torch.tensor([[20, 200], [200, 20], [20, 202]]), (0.5, 1.0))
+    boxes = crop_boxes(torch.tensor([[20, 200], [200, 20], [20, 202]]), (0.5, 1.0))
     img_wide, img_tall, odd = torch.zeros(3, 20, 200), torch.zeros(3, 200, 20), torch.zeros(3, 20,
                                                                                             202)
     expected = [list(v2.RandomResizedCrop.get_params(i, [0.5, 1.0], [3 / 4,
@@ -105,7 +107,7 @@ def test_batched_colour_ops_are_torchvisions(op, theirs):
     x[1, :, :2] = 0  # black pixels
     f = torch.tensor([0.2, 0.7, 1.0, 1.5, 1.8]) if op < 3 else torch.tensor([-0.2, -0.05, 0.0, 0.11,
                                                                              0.2])
-    mine = data.COLOUR_OPS[op](x, f)
+    mine = COLOUR_OPS[op](x, f)
     for i in range(5):
         torch.testing.assert_close(mine[i], theirs(x[i], f[i].item()), atol=2e-6, rtol=0)
 
@@ -116,7 +118,7 @@ def test_batched_view_params_match_the_per_image_transforms():
     transforms' probabilities."""
     n = 20000
     torch.manual_seed(0)
-    p = data.view_params(torch.tensor([[64, 64]] * n), 0.08)
+    p = view_params(torch.tensor([[64, 64]] * n), 0.08)
     jitter = v2.ColorJitter(0.8, 0.8, 0.8, 0.2)
     ref = [jitter.make_params([torch.zeros(3, 2, 2)]) for _ in range(4000)]
     names = ["brightness_factor", "contrast_factor", "saturation_factor", "hue_factor"]
@@ -140,19 +142,19 @@ def test_render_views_crops_flips_and_colours_as_told():
              flip=torch.tensor([False, True, False]), jitter=torch.zeros(3, dtype=torch.bool),
              factors=torch.ones(3, 4), order=torch.arange(4).repeat(3, 1),
              gray=torch.tensor([False, False, True]))
-    views = data.render_views(source, sizes, p, 32)
+    views = render_views(source, sizes, p, 32)
     x = source.float() / 255
     # the whole image at its own size: unchanged
     torch.testing.assert_close(views[0], x[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(views[1], x[1].flip(-1), atol=1e-6, rtol=0)
     # bottom-left quarter of the source (rows 16.., columns ..16), upsampled x2; gray: three equal
     # channels
-    quarter = data._gray(x[2:3, :, 16:, :16])[0]
+    quarter = _gray(x[2:3, :, 16:, :16])[0]
     torch.testing.assert_close(views[2][:, ::2, ::2].mean(), quarter.mean(), atol=0.02, rtol=0)
     assert torch.equal(views[2][0], views[2][1]) and torch.equal(views[2][1], views[2][2])
     # brightness x0.5
     p.update(jitter=torch.ones(3, dtype=torch.bool), factors=torch.tensor([[0.5, 1, 1, 0]] * 3))
-    torch.testing.assert_close(data.render_views(source, sizes, p, 32)[0], x[0] * 0.5, atol=1e-6,
+    torch.testing.assert_close(render_views(source, sizes, p, 32)[0], x[0] * 0.5, atol=1e-6,
                                rtol=0)
 
 
@@ -171,7 +173,7 @@ def test_colour_before_the_crop_takes_contrast_from_the_crop():
              gray=torch.tensor([False]))
     sizes = torch.tensor([[16, 16]])
     # 16 < 32: first
-    first, after = data.render_views(source, sizes, p, 32), data.render_views(source, sizes, p, 6)
+    first, after = render_views(source, sizes, p, 32), render_views(source, sizes, p, 6)
     # white's luma is 0.9999
     torch.testing.assert_close(first, torch.ones_like(first), atol=1e-4, rtol=0)
     torch.testing.assert_close(after, torch.ones_like(after), atol=1e-4, rtol=0)
@@ -185,13 +187,13 @@ def test_colour_before_or_after_the_crop_gives_the_same_views():
     faces = torch.stack([base[i][0] for i in range(16)])  # 112 px
     sizes = torch.tensor([[112, 112]] * 16)
     torch.manual_seed(0)
-    p = data.view_params(sizes, 0.08)
-    first = data.render_views(faces, sizes, p, 224)
-    after = data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, p, 224)
+    p = view_params(sizes, 0.08)
+    first = render_views(faces, sizes, p, 224)
+    after = render_views(F.resize(faces, [224, 224], antialias=True), sizes, p, 224)
     plain = dict(p, jitter=torch.zeros(16, dtype=torch.bool), gray=torch.zeros(16,
                                                                                dtype=torch.bool))
-    resampling = (data.render_views(faces, sizes, plain, 224)
-                  - data.render_views(F.resize(faces, [224, 224], antialias=True), sizes, plain,
+    resampling = (render_views(faces, sizes, plain, 224)
+                  - render_views(F.resize(faces, [224, 224], antialias=True), sizes, plain,
                                       224)).abs().mean()
     assert (first - after).abs().mean() < min(0.01, 2 * resampling)
 
@@ -222,21 +224,21 @@ def test_views_made_as_matrices_equal_torchvisions_ops_with_the_same_draws():
     source = torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8)
     sizes = torch.tensor([[S,
                            S]] * B)  # the source at its own size, as the loader sends a small image
-    p = data.view_params(sizes, 0.08)
+    p = view_params(sizes, 0.08)
     p.update(flip=torch.arange(B) % 2 == 1, jitter=torch.arange(B) % 3 != 0,
              gray=torch.arange(B) % 4 == 3)
     sigma = torch.linspace(0.1, 2.0, B)
-    mine = data.render_views(source, sizes, p, V, sigma)
+    mine = render_views(source, sizes, p, V, sigma)
     for i in range(B):
         theirs = torchvision_view(source[i].float() / 255, p["box"][i], p["flip"][i],
                                   p["jitter"][i], p["factors"][i],
                                   p["order"][i], p["gray"][i], V, sigma[i])
         torch.testing.assert_close(mine[i], theirs, atol=1e-4, rtol=0)
-    normalised = data.render_views(source, sizes, p, V, sigma,
+    normalised = render_views(source, sizes, p, V, sigma,
                                    normalise=True)  # normalised on the source's pixels
-    torch.testing.assert_close(normalised, data.normalize(mine * 255), atol=1e-4, rtol=0)
-    unblurred = data.render_views(source, sizes, p, V)
-    torch.testing.assert_close(data.gaussian_blur(unblurred, sigma), mine, atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalised, normalize(mine * 255), atol=1e-4, rtol=0)
+    unblurred = render_views(source, sizes, p, V)
+    torch.testing.assert_close(gaussian_blur(unblurred, sigma), mine, atol=1e-5, rtol=0)
 
 
 def test_device_views_send_images_at_their_own_size_up_to_the_view(tmp_path):

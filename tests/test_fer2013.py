@@ -19,6 +19,9 @@ import learning_curve  # noqa: E402
 import prepare_fer2013 as prepare  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
+from data_support.layouts import FaceDataset
+from eval_support.landmarks import central_patches
+from eval_support.common import load_checkpoint
 
 # (split folder, class folder, file name): a re-packaging as public repositories hold it
 LAYOUT = [("train", "angry", "Training_10.jpg"), ("train", "happy", "Training_3.jpg"),
@@ -105,7 +108,7 @@ def test_unreadable_images_are_skipped_named_and_counted(tmp_path, capsys):
 
 
 def test_labels_per_class_is_balanced_seeded_and_a_subset():
-    base = data.FaceDataset("toy", ["a", "b", "c"], torch.zeros(30, 4, 4, dtype=torch.uint8),
+    base = FaceDataset("toy", ["a", "b", "c"], torch.zeros(30, 4, 4, dtype=torch.uint8),
                             [0] * 20 + [1] * 8 + [2] * 2)
     sub = data.labels_per_class(base, 5, seed=1)
     # a class with fewer keeps all of its items
@@ -143,7 +146,7 @@ def test_eval_labels_per_class_draws_only_from_the_train_split(tmp_path, monkeyp
 
 def toy_faces(n, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return data.FaceDataset("toy", [str(k) for k in range(classes)],
+    return FaceDataset("toy", [str(k) for k in range(classes)],
                             torch.randint(0, 256, (n, 48, 48), dtype=torch.uint8, generator=g),
                             [k % classes for k in range(n)])
 
@@ -223,8 +226,8 @@ def test_a_narrow_resnet_keeps_torchvisions_names_with_fewer_channels():
 
 def test_central_patches_are_the_ones_nearest_the_centre():
     # the 3x3 block
-    assert sorted(evaluate.central_patches(7, 9).tolist()) == [16, 17, 18, 23, 24, 25, 30, 31, 32]
-    twelve = evaluate.central_patches(7, 12).tolist()
+    assert sorted(central_patches(7, 9).tolist()) == [16, 17, 18, 23, 24, 25, 30, 31, 32]
+    twelve = central_patches(7, 12).tolist()
     assert set(twelve) >= {16, 17, 18, 23, 24, 25, 30, 31,
                            32} and set(twelve) - set(twelve[:9]) == {10, 22, 26}
 
@@ -253,14 +256,14 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
     assert learning_curve.main(common + ["--until", "2"]) == 0
     assert [(r["arm"], r["epoch"]) for r in learning_curve.read_rows(out)] == [
         ("simclr", 1), ("simclr", 2), ("supervised", 1), ("supervised", 2)]
-    assert evaluate.load_checkpoint(str(simclr_ckpt))["step"] == 2 * 4
+    assert load_checkpoint(str(simclr_ckpt))["step"] == 2 * 4
     # the rest of the budget: epoch 4 only, from the checkpoints
     assert learning_curve.main(common) == 0
     rows = learning_curve.read_rows(out)
     assert [(r["arm"], r["epoch"]) for r in rows[4:]] == [("simclr", 4), ("supervised", 4)]
     # 28 faces, batch 7: 4 steps an epoch
     assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2
-    assert evaluate.load_checkpoint(str(simclr_ckpt))["step"] == 4 * 4
+    assert load_checkpoint(str(simclr_ckpt))["step"] == 4 * 4
     with pytest.raises(SystemExit):  # test rows never go into the val file
         learning_curve.main(common + ["--split", "test"])
     test_out = str(tmp_path / "curve_test.jsonl")
@@ -272,7 +275,7 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
             ("pixels 32x32", 0, "test"),
             # the checkpoints as they stood: nothing trained
             ("simclr", 4, "test"), ("supervised", 4, "test")]
-    assert evaluate.load_checkpoint(str(simclr_ckpt))["step"] == 4 * 4
+    assert load_checkpoint(str(simclr_ckpt))["step"] == 4 * 4
     assert "test linear probe" in open(str(tmp_path / "curve_test.md")).read()
     with pytest.raises(SystemExit, match="no checkpoint"):
         learning_curve.main(read_test + ["--arms", "byol", "--out", str(tmp_path / "other.jsonl")])

@@ -14,9 +14,12 @@ import torch.multiprocessing as mp
 import data
 import train
 from e2e import QUICK, random_pretrain_batch
+from data_support import device_augment
+from eval_support.common import load_checkpoint
 from simfle import SimFLE, SimFLEConfig
-from support import device_augment, run
-from support.run import NonFiniteLoss
+from train_support import run
+from train_support.observe import gradient_shares
+from train_support.run import NonFiniteLoss
 
 WORLD = 2
 
@@ -180,7 +183,7 @@ def test_an_fp16_resume_of_a_bf16_checkpoint(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert train.cli(QUICK + ["--epochs", "2", "--stop-after-steps", "1", "--precision", "bf16",
                               "--knn-samples", "0", "--out", out]) == 0
-    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     assert ckpt["scaler"] == {}
     cfg = ckpt["config_obj"]
     said = []
@@ -246,7 +249,7 @@ def test_gradient_shares_do_not_change_with_the_loss_scale():
     shares = []
     for scale in (1.0, 65536.0):
         torch.manual_seed(1)  # the same group draws
-        shares.append(model.gradient_shares(origin, view1, view2, scale))
+        shares.append(gradient_shares(model, origin, view1, view2, scale))
     for key, value in shares[0].items():
         assert abs(shares[1][key] - value) < 1e-6, key
     assert 0 < shares[0]["grad_share_distillation"] < 1

@@ -2,6 +2,7 @@
 torchvision ResNet that computes the same features, from the exported file or from a whole train.py
 last.pt."""
 import ast
+import dataclasses
 import json
 import os
 
@@ -12,6 +13,7 @@ import torchvision
 import eval as evaluate
 import hubconf
 from simfle import SimFLE, SimFLEConfig
+from eval_support.common import CHECKPOINT_FORMAT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,8 +31,8 @@ def a_checkpoint(path, **overrides):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
-    torch.save({"format": evaluate.CHECKPOINT_FORMAT, "model": model.state_dict(),
-                "config": cfg.to_dict(),
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "config": dataclasses.asdict(cfg),
                 "preset": "tiny", "data": "synthetic", "train": {}}, path)
     return model
 
@@ -44,7 +46,7 @@ def test_export_then_hub_load_gives_the_same_features(tmp_path, overrides):
     # the file: tensors and strings only, torchvision's key names, the config as JSON
     state = torch.load(exported, weights_only=True)
     assert state["format"] == hubconf.TRUNK_FORMAT == evaluate.TRUNK_FORMAT
-    assert json.loads(state["config"]) == model.config.to_dict()
+    assert json.loads(state["config"]) == dataclasses.asdict(model.config)
     resnet_keys = set(torchvision.models.resnet18().state_dict()) - {"fc.weight", "fc.bias"}
     assert set(state["state_dict"]) == resnet_keys
     x = torch.randn(3, 3, 64, 64)
@@ -87,4 +89,4 @@ def test_hubconf_needs_only_torch_torchvision_and_the_model_file():
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported - {"json", "os"} == {"torch", "torchvision", "simfle"}
     assert hubconf.dependencies == ["torch", "torchvision"]
-    assert hubconf.CHECKPOINT_FORMAT == evaluate.CHECKPOINT_FORMAT
+    assert hubconf.CHECKPOINT_FORMAT == CHECKPOINT_FORMAT

@@ -1,4 +1,5 @@
-"""What a run shows: curves.png, TensorBoard, --help, eval.py's pictures (support/observe.py)."""
+"""What a run shows (train_support/observe.py): curves.png, TensorBoard, --help, eval.py's
+pictures."""
 import argparse
 import json
 import os
@@ -9,8 +10,10 @@ import pytest
 import data
 import eval as evaluate
 import train
-from support.report import save_confusion_png
-from support import observe
+from eval_support.report import save_confusion_png
+from simfle import CHOICES, SimFLEConfig
+from train_support import observe
+from train_support.options import TRAIN_DEFAULTS, build_parser
 
 from e2e import QUICK, metrics  # tests/e2e.py
 
@@ -128,7 +131,7 @@ def test_help_states_each_default_once(capsys):
     without a help text."""
     with pytest.raises(SystemExit):
         evaluate.main(["--help"])
-    texts = {"train.py": train.build_parser().format_help(), "eval.py": capsys.readouterr().out}
+    texts = {"train.py": build_parser().format_help(), "eval.py": capsys.readouterr().out}
     for script, text in texts.items():
         entries = option_help(text)
         assert len(entries) > 15, script
@@ -137,13 +140,29 @@ def test_help_states_each_default_once(capsys):
                                                                                             entry)
     train_help, eval_help = option_help(texts["train.py"]), option_help(texts["eval.py"])
     for name in ("epochs", "batch_size", "crop_scale", "warmup_epochs"):
-        values = ", ".join(f"{p}: {d[name]}" for p, d in train.TRAIN_DEFAULTS.items())
+        values = ", ".join(f"{p}: {d[name]}" for p, d in TRAIN_DEFAULTS.items())
         assert values in train_help["--" + name.replace("_", "-")]
     assert "paper: resnet50, tiny: resnet18" in train_help["--backbone"]
-    for action in train.build_parser()._actions:
+    for action in build_parser()._actions:
         if action.default is not None and action.default != argparse.SUPPRESS:
             assert "(default: " in train_help[action.option_strings[0]], action.option_strings
     assert "(default: auto)" in eval_help["--device"] and "(default: linear)" in eval_help["--mode"]
+
+
+def test_the_allowed_values_are_declared_once(capsys):
+    """--help lists simfle.CHOICES, the command line refuses what validate refuses, and validate
+    accepts each listed value: one declaration read by both."""
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert set(CHOICES) == {name for name, a in actions.items() if a.choices and name in CHOICES}
+    for name, values in CHOICES.items():
+        assert tuple(actions[name].choices) == values
+        for value in values:
+            SimFLEConfig.preset("tiny", **{name: value})
+        with pytest.raises(ValueError, match=name):
+            SimFLEConfig.preset("tiny", **{name: "nonsense"})
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--" + name.replace("_", "-"), "nonsense"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_eval_draws_the_accuracy_per_epoch_beside_the_confusion(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
-"""Small-scale optimisation (support/optim.py) and the collapse monitor (support/observe.py): LARS
-against a hand computation, what is excluded from weight decay, the predictor's lr, the monitor's
-figures on embeddings whose answer is known, and a run that uses them end to end."""
+"""Small-scale optimisation (train_support/optim.py) and the collapse monitor
+(train_support/observe.py): LARS against a hand computation, what is excluded from weight decay, the
+predictor's lr, the monitor's figures on embeddings whose answer is known, and a run that uses them
+end to end."""
 import math
 import os
 
@@ -10,8 +11,9 @@ import torch.nn as nn
 import train
 from e2e import QUICK, metrics
 from simfle import SimFLE, SimFLEConfig
-from support.observe import collapse_figures
-from support.optim import LARS, make_optimizer, param_groups
+from train_support.observe import collapse_figures
+from train_support.optim import LARS, make_optimizer, param_groups
+from eval_support.common import load_checkpoint
 
 
 def lars_by_hand(w, g, v, lr, wd, eta, momentum=0.9):
@@ -131,7 +133,7 @@ def test_a_lars_run_logs_the_monitor_and_resumes(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 < r["embedding_std_sqrt_d"] <= 1.5 and -1 <= r["embedding_cosine"] <= 1
-    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     assert ckpt["train"]["optimizer"] == "lars" and ckpt["train"]["predictor_lr_mult"] == 10
     # the rest and the predictor, each with and without decay
     assert len(ckpt["optimizer"]["param_groups"]) == 4

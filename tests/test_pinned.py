@@ -214,7 +214,7 @@ def test_random_masking_shows_each_patch_twelve_times_in_49():
 
 
 def test_a_landmark_outside_the_image_is_a_miss_for_every_masking():
-    from support.landmarks import landmark_hits
+    from eval_support.landmarks import landmark_hits
     nothing_masked, all_masked = torch.zeros(1, 49), torch.ones(1, 49)
     marks = torch.tensor([[[0.5, 0.5], [1.2, 0.5], [0.5, -0.1], [0.99, 0.0]]])  # 2 outside
     assert landmark_hits(nothing_masked, marks, 7).tolist() == [[True, False, False, True]]

@@ -3,12 +3,12 @@ paper's masking geometry kept; `--preset tiny` and every option given explicitly
 """
 import dataclasses
 
-import train
 from simfle import SimFLEConfig
+from train_support.options import parse_args
 
 
 def test_the_quick_start_is_the_tiny_preset_narrowed_with_the_papers_masking_geometry():
-    args = train.parse_args([])
+    args = parse_args([])
     cfg, tiny = args.config, SimFLEConfig.preset("tiny")
     assert args.preset == "tiny" and args.data == "synthetic" and args.probe
     assert args.augment == "device"
@@ -20,9 +20,9 @@ def test_the_quick_start_is_the_tiny_preset_narrowed_with_the_papers_masking_geo
 
 
 def test_the_tiny_preset_and_given_options_stay_as_they_were():
-    args = train.parse_args(["--preset", "tiny"])
+    args = parse_args(["--preset", "tiny"])
     assert args.config == SimFLEConfig.preset("tiny") and args.augment == "loader"
-    args = train.parse_args(["--width", "1.0", "--augment", "loader"])
+    args = parse_args(["--width", "1.0", "--augment", "loader"])
     assert args.config.width == 1.0 and args.augment == "loader"
-    args = train.parse_args(["--data", "rafdb"])
+    args = parse_args(["--data", "rafdb"])
     assert args.config.width == 1.0 and args.augment == "loader" and args.preset == "paper"

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 import train
-from support import run
+from eval_support.common import load_checkpoint
+from train_support import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--preset", "tiny", "--num-synthetic", "16", "--batch-size", "8", "--knn-samples", "0",
@@ -40,7 +41,7 @@ def test_a_folder_with_another_run_is_refused_unless_resumed_or_overwritten(tmp_
     # curves drawn alone
     assert train.cli(QUICK + ["--out", out, "--seed", "1", "--overwrite"]) == 0
     assert [r["epoch"] for r in rows(out)] == [1]
-    assert train.load_checkpoint(os.path.join(out, "last.pt"))["step"] == 2
+    assert load_checkpoint(os.path.join(out, "last.pt"))["step"] == 2
     assert os.path.exists(os.path.join(out, "curves.png"))
     # metrics.jsonl alone (a run whose last.pt was moved away) is a run too
     os.remove(os.path.join(out, "last.pt"))

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from eval_support.landmarks import inspect_ffl, unpatchify
 from simfle import (SimFLE, SimFLEConfig, channel_similarity, grouping_loss, keep_top_patches,
-                    patchify, semantic_patch_scores, unpatchify)
+                    patchify, semantic_patch_scores)
+from train_support.observe import gradient_shares
 
 
 def tiny(**kw):
@@ -31,7 +33,7 @@ def grad_norm(module):
 def test_paper_parameter_counts():
     model = SimFLE(SimFLEConfig())
     total = sum(p.numel() for p in model.parameters())
-    trunk = sum(p.numel() for p in model.trunk().parameters())
+    trunk = sum(p.numel() for p in model.backbone.parameters())
     target = sum(p.numel() for m in (model.target_backbone,
                                      model.target_projector) for p in m.parameters())
     print(f"SimFLE paper preset: {total / 1e6:.2f} M parameters, trunk {trunk / 1e6:.2f} M, EMA "
@@ -47,7 +49,7 @@ def test_presets_and_validation():
     # tiny keeps the paper's masking geometry
     assert cfg.num_patches == 49 and cfg.num_visible == 12
     with torch.no_grad():
-        fmap = SimFLE(cfg).trunk().feature_map(torch.zeros(1, 3, cfg.origin_size, cfg.origin_size))
+        fmap = SimFLE(cfg).backbone.feature_map(torch.zeros(1, 3, cfg.origin_size, cfg.origin_size))
     assert fmap.shape[-2:] == (4, 4)  # semantic masking has at least a 4×4 map
     for bad in (dict(mask_ratio=1.0), dict(mask_ratio=0.0), dict(groups=30), dict(gfl="moco"),
                 dict(masking="grid"), dict(backbone="vgg")):
@@ -323,13 +325,13 @@ def test_seeded_forward_is_reproducible():
 def test_trunk_loads_into_torchvision():
     model = SimFLE(tiny())
     net = torchvision.models.resnet18()
-    missing, unexpected = net.load_state_dict(model.trunk().state_dict(), strict=False)
+    missing, unexpected = net.load_state_dict(model.backbone.state_dict(), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
     x = torch.randn(2, 3, 64, 64)
     model.eval(), net.eval()
     net.fc = torch.nn.Identity()
-    assert torch.allclose(model.trunk()(x), net(x), atol=1e-5)
-    assert model.trunk().feature_map(x).shape == (2, 512, 2, 2)
+    assert torch.allclose(model.backbone(x), net(x), atol=1e-5)
+    assert model.backbone.feature_map(x).shape == (2, 512, 2, 2)
 
 
 def test_small_stem_keeps_resolution_for_small_images():
@@ -355,7 +357,7 @@ def test_inspect_uses_training_path():
     model = SimFLE(cfg)
     origin = batch(cfg)[0]
     torch.manual_seed(5)
-    info = model.inspect(origin)
+    info = inspect_ffl(model, origin)
     torch.manual_seed(5)
     train_path = model.ffl(origin)
     assert torch.equal(info["mask"], train_path["mask"]) and torch.equal(info["chosen"],
@@ -392,7 +394,7 @@ def test_gradient_shares_add_up_and_cut_terms_read_zero(gfl):
     model = SimFLE(cfg)
     inputs = batch(cfg, B=8)
     torch.manual_seed(1)
-    shares = model.gradient_shares(*inputs)
+    shares = gradient_shares(model, *inputs)
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
     assert shares["grad_share_reconstruction"] == 0.0 and shares["grad_share_grouping"] == 0.0
     # the paper's weights: the channel nearly shut
@@ -412,7 +414,7 @@ def test_gradient_shares_add_up_and_cut_terms_read_zero(gfl):
 def test_gfl_alone_has_the_whole_gradient():
     torch.manual_seed(0)
     cfg = tiny(gfl="simclr", use_facemae=False)
-    shares = SimFLE(cfg).gradient_shares(*batch(cfg, B=8))
+    shares = gradient_shares(SimFLE(cfg), *batch(cfg, B=8))
     assert shares == {"grad_share_similarity": 1.0, "grad_share_reconstruction": 0.0,
                       "grad_share_distillation": 0.0, "grad_share_grouping": 0.0}
 

@@ -1,5 +1,6 @@
-"""The project's shape: imports go one way (simfle <- data <- eval <- train), and the scripts read
-in short steps."""
+"""The project's shape: floors that import downwards only (simfle <- data_support <- data <-
+eval_support <- eval <- train_support <- train), one name in one place, and scripts that read in
+short steps."""
 import ast
 import glob
 import os
@@ -7,17 +8,33 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py")))
+# the floors, lowest first: a module imports from its own floor or below, never above
+FLOORS = ["simfle", "data_support", "data", "eval_support", "eval", "train_support", "train"]
+PACKAGES = ("data_support", "eval_support", "train_support")
+MODULES = sorted([os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))]
+                 + [f"{pkg}.{os.path.basename(p)[:-3]}" for pkg in PACKAGES
+                    for p in glob.glob(os.path.join(ROOT, pkg, "*.py"))
+                    if not p.endswith("__init__.py")])
+MODEL_FILE_LINES = 480  # simfle.py: the method, its losses and its config
+
+
+def module_file(name):
+    return os.path.join(ROOT, *name.split(".")) + ".py"
+
+
+def floor(name):
+    return FLOORS.index(name.split(".")[0])
 
 
 def imported_modules(path):
-    """Every top-level project module that a file imports, at module level or inside a function."""
+    """Every project module that a file imports, at module level or inside a function."""
     names = set()
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # from pkg import module
     return names & set(MODULES)
 
 
@@ -49,13 +66,21 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_no_import_cycle_among_the_top_level_modules():
-    graph = {m: imported_modules(os.path.join(ROOT, m + ".py")) - {m} for m in MODULES}
-    assert {"simfle", "data", "eval", "train"} <= set(graph)
+def test_no_import_cycle_and_every_import_goes_down_a_floor():
+    graph = {m: imported_modules(module_file(m)) - {m} for m in MODULES}
+    assert {"simfle", "data", "eval", "train", "data_support.layouts", "train_support.run"} <= set(
+        graph)
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
-    # the intended layers, lowest first
-    assert graph["simfle"] == set() and graph["data"] == set()
-    assert graph["eval"] <= {"simfle", "data"} and "train" not in graph["eval"]
+    upward = [(m, n) for m in MODULES if m.split(".")[0] in FLOORS for n in graph[m]
+              if floor(n) > floor(m)]
+    assert not upward, f"imports from a higher floor: {upward}"
+    assert graph["simfle"] == set(), "the model file imports no project module"
+
+
+def test_the_floor_check_sees_a_module_of_a_package():
+    """A package module imported as `from pkg import module` counts, so an upward import fails."""
+    assert "train_support.run" in imported_modules(module_file("tests/test_run_folder"))
+    assert floor("train_support.run") > floor("eval")
 
 
 # the project's own Python files; the tutorial's files have their own owner and tests
@@ -97,10 +122,56 @@ def test_no_line_over_100_characters(path):
     assert not long, f"{path}: lines over 100 characters: {long}"
 
 
-def test_support_modules_sit_below_the_scripts():
-    """support/ holds what the four modules need and a reader can skip; nothing there imports train.
-    """
-    for path in glob.glob(os.path.join(ROOT, "support", "*.py")):
-        assert "train" not in imported_modules(path), path
-    for name in ("device_augment", "synthetic_faces"):  # below data.py: no project import at all
-        assert imported_modules(os.path.join(ROOT, "support", name + ".py")) == set()
+def test_the_model_file_holds_the_method_in_a_few_hundred_lines():
+    n = len(open(os.path.join(ROOT, "simfle.py")).read().splitlines())
+    assert n <= MODEL_FILE_LINES, f"simfle.py: {n} lines"
+
+
+def defined_names(path):
+    """The names a module defines at its top level (def, class, assignment)."""
+    names = set()
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def borrowed_names(path):
+    """Project names that a file reads through a module which only imports them: `from eval import
+    load_checkpoint` or `evaluate.load_checkpoint` where eval_support.common defines it."""
+    tree = ast.parse(open(path).read())
+    stored = {n.id for n in ast.walk(tree)
+              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    alias, found = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            alias.update({a.asname or a.name: a.name for a in node.names if a.name in MODULES})
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in MODULES:
+            defined = defined_names(module_file(node.module))
+            found += [f"{node.module}.{a.name}" for a in node.names
+                      if a.name not in defined and f"{node.module}.{a.name}" not in MODULES]
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in alias and node.value.id not in stored
+                and node.attr not in defined_names(module_file(alias[node.value.id]))):
+            found.append(f"{alias[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_the_name_check_finds_a_borrowed_name(tmp_path):
+    f = tmp_path / "caller.py"
+    f.write_text("import eval as evaluate\nfrom train import parse_args\nevaluate.load_checkpoint\n"
+                 "evaluate.linear_probe\n")
+    assert borrowed_names(str(f)) == ["train.parse_args", "eval.load_checkpoint"]
+
+
+@pytest.mark.parametrize("path", OWN + sorted(TUTORIAL))
+def test_one_name_one_place(path):
+    """Callers import a name from the module that defines it: no re-exports to keep old call sites
+    working, and no unused-import marker that would hide one)."""
+    assert "noqa: " + "F401" not in open(os.path.join(ROOT, path)).read(), f"{path}: a re-export"
+    borrowed = borrowed_names(os.path.join(ROOT, path))
+    assert not borrowed, f"{path} reads names where they are not defined: {borrowed}"

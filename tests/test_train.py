@@ -20,8 +20,13 @@ import torchvision
 import data
 import eval as evaluate
 import train
-from simfle import SimFLEConfig
-from support import observe, run
+from simfle import SimFLE, SimFLEConfig
+from data_support.device_augment import normalize
+from eval_support.common import CHECKPOINT_FORMAT, load_checkpoint
+from train_support.options import build_parser, parse_args
+from train_support.run import Setup, save_checkpoint
+from eval_support.landmarks import landmark_hit_rate
+from train_support import observe, run
 
 from e2e import QUICK, ROOT, metrics, random_pretrain_batch, run_script  # tests/e2e.py
 
@@ -35,20 +40,20 @@ from e2e import QUICK, ROOT, metrics, random_pretrain_batch, run_script  # tests
                                  ["--gfl", "moco"], ["--data", "imagenet"]])
 def test_impossible_options_are_argparse_errors(bad, capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_args(bad)
+        parse_args(bad)
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
 
 
 def test_defaults_follow_the_paper():
-    args = train.parse_args(["--data", "rafdb"])
+    args = parse_args(["--data", "rafdb"])
     assert args.preset == "paper" and args.batch_size == 256 and args.epochs == 100
     assert args.lr == pytest.approx(0.05)  # 0.05 x 256 / 256
     assert args.out == os.path.join("runs", "rafdb-paper")
-    args = train.parse_args([])
+    args = parse_args([])
     assert args.preset == "tiny" and args.data == "synthetic" and args.probe
     assert args.lr == pytest.approx(0.05 * args.batch_size / 256)
-    args = train.parse_args(["--gfl", "simclr", "--use-facemae", "false", "--mask-ratio", "0.5"])
+    args = parse_args(["--gfl", "simclr", "--use-facemae", "false", "--mask-ratio", "0.5"])
     assert args.config.gfl == "simclr" and not args.config.use_facemae
     assert args.config.num_visible == 24
 
@@ -56,10 +61,10 @@ def test_defaults_follow_the_paper():
 def test_learning_rate_cosine_per_epoch_after_an_optional_warmup():
     import math
     # the paper: cosine per epoch, no warm-up
-    args = train.parse_args(["--lr", "0.1", "--epochs", "4"])
+    args = parse_args(["--lr", "0.1", "--epochs", "4"])
     assert train.learning_rate(args, 0, 0, 10) == pytest.approx(0.1)
     assert train.learning_rate(args, 2, 25, 10) == pytest.approx(0.05)
-    args = train.parse_args(["--lr", "0.1", "--epochs", "4", "--warmup-epochs", "1"])
+    args = parse_args(["--lr", "0.1", "--epochs", "4", "--warmup-epochs", "1"])
     assert train.learning_rate(args, 0, 0, 10) == pytest.approx(0.01)  # step 1 of 10
     assert train.learning_rate(args, 0, 4, 10) == pytest.approx(0.05)
     assert train.learning_rate(args, 0, 9, 10) == pytest.approx(0.1)
@@ -67,7 +72,7 @@ def test_learning_rate_cosine_per_epoch_after_an_optional_warmup():
 
 
 def test_help_lists_every_config_field():
-    text = train.build_parser().format_help()
+    text = build_parser().format_help()
     for field in SimFLEConfig.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in text
 
@@ -113,7 +118,7 @@ def test_train_then_eval_on_synthetic(tmp_path):
     assert all("knn_accuracy" in r and r["similarity"] > 0 for r in rows)
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["model"]["backbone"] == "resnet18"
-    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4 and ckpt["config"]["view_size"] == 64
     # the trunk of a checkpoint loads into torchvision's ResNet with only the classifier missing
     net = torchvision.models.resnet18()
@@ -195,10 +200,10 @@ class RunsCode:
 def test_bad_checkpoints_get_one_message(tmp_path, capsys):
     proof = tmp_path / "code_ran"
     malicious = tmp_path / "malicious.pt"
-    torch.save({"format": train.CHECKPOINT_FORMAT, "payload": RunsCode(str(proof))}, malicious,
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": RunsCode(str(proof))}, malicious,
                pickle_protocol=pickle.HIGHEST_PROTOCOL)
     good = tmp_path / "good.pt"
-    torch.save({"format": train.CHECKPOINT_FORMAT, "model": {}, "config": {"backbone": "resnet18"}},
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": {"backbone": "resnet18"}},
                good)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:100])
@@ -207,7 +212,7 @@ def test_bad_checkpoints_get_one_message(tmp_path, capsys):
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(3)}, plain)
     alien = tmp_path / "alien.pt"
-    torch.save({"format": train.CHECKPOINT_FORMAT, "config": {"backbone": "vgg16"}}, alien)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": {"backbone": "vgg16"}}, alien)
     for path, words in [(malicious, "not a loadable"), (truncated, "not a loadable"),
                         (text, "not a loadable"),
                         (plain, "not a SimFLE checkpoint"), (alien, "unknown model configuration"),
@@ -232,7 +237,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, capsys):
 def test_out_of_memory_is_one_message(tmp_path, monkeypatch, capsys):
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.setattr(train.SimFLE, "forward", oom)
+    monkeypatch.setattr(SimFLE, "forward", oom)
     assert train.cli(QUICK + ["--epochs", "1", "--out", str(tmp_path / "run")]) == 4
     err = capsys.readouterr().err
     assert "out of GPU memory" in err
@@ -263,7 +268,7 @@ def test_sigint_saves_and_resume_continues(tmp_path):
     seen += rest
     assert proc.returncode == 130, seen[-2000:]
     assert "Resume with" in seen and "Traceback" not in seen
-    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     assert ckpt["step"] >= 1
     r = run_script("train.py", "--resume", os.path.join(out, "last.pt"), "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -277,7 +282,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
                    "train.py",
                    *QUICK, "--epochs", "1", "--out", out, "--batch-size", "8", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    ckpt = train.load_checkpoint(os.path.join(out, "last.pt"))
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     # 16 images / (2 processes x 4) = 2 steps
     assert ckpt["step"] == 2 and ckpt["train"]["batch_size"] == 8
     assert len(metrics(out)) == 1  # one writer: rank 0
@@ -311,7 +316,7 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing_else():
     twice by the recomputation) and weights; the same state_dict keys; and the forward keeps less
     for the backward."""
     cfg = SimFLEConfig.preset("tiny", view_size=32)
-    setup = train.Setup(argparse.Namespace(device="cpu", precision="fp32"))
+    setup = Setup(argparse.Namespace(device="cpu", precision="fp32"))
     batch = random_pretrain_batch(cfg, 4)
     runs = []
     for on in (False, True):
@@ -367,7 +372,7 @@ def test_views_augmented_on_the_device_train(tmp_path):
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pt")
-    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 1})
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 1})
     real_save = torch.save
 
     def dies_halfway(obj, f, *a, **k):  # writes part of the file, then the process "dies"
@@ -375,7 +380,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "step": 2})
+        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 2})
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
 
@@ -462,11 +467,11 @@ def test_landmark_hit_rate_counts_landmarks_in_visible_patches():
     model = SimFLE(SimFLEConfig.preset("tiny", groups=4))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     faces = data.get_dataset("synthetic", synthetic_count=6, split="val")
-    r = evaluate.landmark_hit_rate(model, faces, "cpu", batch_size=6)
+    r = landmark_hit_rate(model, faces, "cpu", batch_size=6)
     assert torch.equal(before["backbone.bn1.running_mean"],
                        model.state_dict()["backbone.bn1.running_mean"])
     # synthetic faces are drawn at 112 px
-    origin = data.normalize(torch.stack([faces[i][0] for i in range(6)]))
+    origin = normalize(torch.stack([faces[i][0] for i in range(6)]))
     marks = torch.stack([faces[i][2] for i in range(6)])  # (6, 15, 2) pixels
     with torch.no_grad():
         attn = model.train().grouping(model.backbone.feature_map(origin))  # (6, 512, 4, 4)

@@ -99,6 +99,7 @@ print(f"repository: {REPO}\nrunning on {'Colab' if 'google.colab' in sys.modules
 
 # %%
 import copy
+import dataclasses
 
 import matplotlib.pyplot as plt
 from IPython.display import Image, display
@@ -108,7 +109,9 @@ import data                # faces, augmentations
 import eval as evaluate    # the probes (imported under another name: `eval` is a Python builtin)
 import simfle
 from simfle import SimFLE, SimFLEConfig
-from support.observe import collapse_figures   # train.py's collapse monitor (section 8)
+from data_support.device_augment import MEAN, STD     # the normalisation, to show images
+from eval_support.landmarks import central_patches, inspect_ffl, landmark_hit_rate, unpatchify
+from train_support.observe import collapse_figures, gradient_shares   # train.py's monitors
 
 torch.manual_seed(0)
 # legible pictures: 100 dpi, no text under 8 pt
@@ -118,14 +121,14 @@ plt.rcParams.update({"figure.dpi": 100, "font.size": 8, "axes.titlesize": 9, "ax
 cfg = SimFLEConfig.preset("tiny")   # the paper's geometry, shrunk to train on a CPU
 model = SimFLE(cfg).to(DEVICE).eval()   # eval mode for the pictures: BatchNorm statistics move only while training
 paper = SimFLEConfig.preset("paper")
-print("tiny differs from the paper in:", {k: v for k, v in cfg.to_dict().items() if getattr(paper, k) != v})
+print("tiny differs from the paper in:", {k: v for k, v in dataclasses.asdict(cfg).items() if getattr(paper, k) != v})
 print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
       f"{cfg.groups} groups of {cfg.backbone_channels // cfg.groups} channels; "
       f"{cfg.num_visible} of {cfg.num_patches} patches visible")
 
 # %%
 # plotting helpers (pictures only; the model and the data come from the project's files)
-MEAN, STD = torch.tensor(data.MEAN)[:, None, None], torch.tensor(data.STD)[:, None, None]
+MEAN, STD = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
 
 
 def to_image(x):
@@ -318,7 +321,7 @@ def show_similarity(model, title):
 
 
 torch.manual_seed(0)
-before = model.inspect(origin)   # the FFL branch's intermediate results, computed by the training code path
+before = inspect_ffl(model, origin)   # the FFL branch's intermediate results, computed by the training code path
 corr_before, distinct_before = group_spread(before)
 print("group maps", tuple(before["maps"].shape), "| group drawn for each face:", before["chosen"].tolist())
 print(f"correlation between two groups' maps: {corr_before:.4f} or more; "
@@ -343,11 +346,11 @@ print(f"l_g = {l_g_before:.1f} (what the model's loss logs is its square, l_g² 
 random_model = SimFLE(SimFLEConfig.preset("tiny", masking="random")).to(DEVICE).eval()
 random_model.load_state_dict(model.state_dict())   # the same weights: only the choice of patches differs
 central = torch.ones(cfg.num_patches, device=DEVICE)
-central[evaluate.central_patches(cfg.origin_size // cfg.patch_size, cfg.num_visible)] = 0   # 1 = masked
+central[central_patches(cfg.origin_size // cfg.patch_size, cfg.num_visible)] = 0   # 1 = masked
 
 
 def show_masks(semantic, random, title, faces=6):
-    central_visible = simfle.unpatchify(simfle.patchify(origin, cfg.patch_size) * (1 - central)[:, None],
+    central_visible = unpatchify(simfle.patchify(origin, cfg.patch_size) * (1 - central)[:, None],
                                         cfg.patch_size)
     fig, axes = panels(4, faces, 1.3, row_names=["drawn group's map", "semantic", "random", "central"])
     for j in range(faces):
@@ -362,7 +365,7 @@ def show_masks(semantic, random, title, faces=6):
 
 
 torch.manual_seed(0)
-before_random = random_model.inspect(origin)
+before_random = inspect_ffl(random_model, origin)
 visible = (1 - before["mask"]).sum(1).int()   # mask: 1 = masked
 print(f"visible patches per face: {visible.tolist()} of {cfg.num_patches}")
 show_masks(before, before_random, "the 12 visible patches of 49, before training")
@@ -381,7 +384,7 @@ def hit_rates(hits, when):
           f"| random masking {100 * hits['random']:.1f} %")
 
 
-hits_before = evaluate.landmark_hit_rate(model, test_faces, DEVICE)
+hits_before = landmark_hit_rate(model, test_faces, DEVICE)
 hit_rates(hits_before, "untrained model")
 
 
@@ -400,7 +403,7 @@ hit_rates(hits_before, "untrained model")
 # patch's mean, over its standard deviation (`simfle.norm_pix_targets`, MAE's "norm-pix" loss).
 #
 # So FaceMAE never predicts a patch's colour or brightness, only its structure. To draw a prediction as an
-# image, `inspect` un-normalises each predicted patch with the **true** patch's mean and standard deviation,
+# image, `inspect_ffl` un-normalises each predicted patch with the **true** patch's mean and standard deviation,
 # as MAE's own demo does: the colours in the reconstruction row are the original's, even before training,
 # and only the structure inside each masked patch is FaceMAE's. Untrained, that structure is noise.
 
@@ -562,7 +565,7 @@ plt.show()
 # fraction of a percent of the total; distillation is the only path by which what FaceMAE learns about fine
 # facial detail reaches the ResNet. Because each term trains its own parameters, the size of the total says
 # little: watch each term on its own. How much of the backbone's gradient each of the two carries is the
-# question of section 12 (`SimFLE.gradient_shares`): at the paper's weights, L_s carries nearly all of it.
+# question of section 12 (`gradient_shares`): at the paper's weights, L_s carries nearly all of it.
 
 # %% [markdown]
 # ## 7. A short pretraining run
@@ -646,10 +649,10 @@ print(f"step 1 -> {STEPS}: L_s {first['L_s']:.3f} -> {last['L_s']:.3f}, L_r {fir
 
 # %%
 torch.manual_seed(0)
-after = model.inspect(origin)
+after = inspect_ffl(model, origin)
 random_model.load_state_dict(model.state_dict())
 torch.manual_seed(0)
-after_random = random_model.inspect(origin)
+after_random = inspect_ffl(random_model, origin)
 corr_after, distinct_after = group_spread(after)
 print(f"correlation between two groups' maps: {corr_after:.4f} or more; "
       f"different masks among the 32 groups, per face: {distinct_after}")
@@ -666,7 +669,7 @@ print(f"l_g on these 8 faces: {l_g_before:.1f} before training, {l_g_after:.1f} 
 # group's hit rate before and after, against the two controls:
 
 # %%
-hits_after = evaluate.landmark_hit_rate(model, test_faces, DEVICE)
+hits_after = landmark_hit_rate(model, test_faces, DEVICE)
 hit_rates(hits_before, "before training")
 hit_rates(hits_after, f"after {STEPS} steps")
 
@@ -744,14 +747,14 @@ for gfl in ("byol", "simclr"):
         SimFLE(SimFLEConfig.preset("tiny", gfl=gfl, use_facemae=False)).to(DEVICE), GFL_STEPS, quiet=True)
 torch.manual_seed(0)
 untrained = SimFLE(SimFLEConfig.preset("tiny", use_facemae=False)).to(DEVICE)
-compared = {"untrained": trunk_views(untrained.trunk()), "BYOL": trunk_views(gfl_models["byol"].trunk()),
-            "SimCLR": trunk_views(gfl_models["simclr"].trunk())}
+compared = {"untrained": trunk_views(untrained.backbone), "BYOL": trunk_views(gfl_models["byol"].backbone),
+            "SimCLR": trunk_views(gfl_models["simclr"].backbone)}
 for name, (cos, found) in compared.items():
     diagonal = cos.diag().mean().item()
     others = (cos.sum() - cos.diag().sum()).item() / (cos.numel() - len(cos))
     print(f"{name:9s} trunk: partner found {100 * found:.1f} % (chance 0.8 %); cosine same face {diagonal:.3f}, "
           f"other faces {others:.3f}")
-# the collapse monitor train.py logs every epoch (support/observe.collapse_figures): the projector's outputs,
+# the collapse monitor train.py logs every epoch (train_support/observe.collapse_figures): the projector's outputs,
 # L2-normalised, of the 128 test views: their std per dimension x sqrt(d) (about 1 when spread over the sphere, 0
 # when every face maps to one point) and the mean cosine between different views (1 when collapsed)
 with torch.no_grad():
@@ -812,7 +815,7 @@ random_trunk = simfle.Backbone(cfg.backbone, cfg.stem, cfg.width).to(DEVICE)
 trunks = {"random": random_trunk,
           "random + BN statistics": evaluate.recompute_batchnorm(copy.deepcopy(random_trunk), train_faces,
                                                                  cfg.view_size, DEVICE),
-          "pretrained": copy.deepcopy(model.trunk())}   # a copy: the probe freezes what it is given
+          "pretrained": copy.deepcopy(model.backbone)}   # a copy: the probe freezes what it is given
 reports = {}
 for name, trunk in trunks.items():
     reports[name], _ = evaluate.linear_probe(trunk, train_faces, test_faces, cfg.view_size, DEVICE, epochs=20,
@@ -1076,14 +1079,14 @@ exercises.check_measurement(backbone_share, history)
 # variant = SimFLE(SimFLEConfig.preset("tiny", mask_ratio=0.5)).to(DEVICE)
 # variant, variant_history = pretrain(variant, STEPS)
 # torch.manual_seed(0)
-# show_reconstruction(variant.inspect(origin), "mask ratio 0.5")
+# show_reconstruction(inspect_ffl(variant, origin), "mask ratio 0.5")
 # ```
 
 # %% [markdown]
 # ## 12. Which loss trains the ResNet
 #
 # Section 6 found that only L_s and α·L_d send a gradient into the backbone. How much of it does each carry?
-# `SimFLE.gradient_shares(origin, view1, view2)` measures it: each weighted term's gradient norm at the
+# `gradient_shares(model, origin, view1, view2)` (train_support/observe.py) measures it: each weighted term's gradient norm at the
 # backbone's weights, as a share of their sum (L_r and β·l_g² read exactly 0: no path). `train.py` logs the same
 # shares as `grad_share_*` (section 10's curves). Below, on section 1's batch of 8 faces and untrained models
 # (seed 0, the same group draw): the paper's settings with BYOL and with SimCLR as the GFL, and the channel from
@@ -1099,7 +1102,7 @@ for name, overrides in SETTINGS.items():
     torch.manual_seed(0)
     variant = SimFLE(SimFLEConfig.preset("tiny", **overrides)).to(DEVICE).train()
     torch.manual_seed(0)   # the same random group draw for every setting
-    shares[name] = {k[len("grad_share_"):]: v for k, v in variant.gradient_shares(origin, view1, view2).items()}
+    shares[name] = {k[len("grad_share_"):]: v for k, v in gradient_shares(variant, origin, view1, view2).items()}
     print(f"{name:22s} backbone's gradient: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in shares[name].items()))
 del variant
 

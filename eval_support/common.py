@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 import data
 from simfle import SimFLEConfig
+from data_support.layouts import DatasetError
 
 CHECKPOINT_FORMAT = "simfle-checkpoint-v1"
 
@@ -62,7 +63,7 @@ def run_cli(main, argv=None):
     traceback."""
     try:
         return main(argv)
-    except (data.DatasetError, CheckpointError) as e:
+    except (DatasetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError:

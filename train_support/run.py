@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, DistributedSampler
 
 import data
-from support.common import CheckpointError, load_checkpoint, pick_device
+from eval_support.common import CheckpointError, load_checkpoint, pick_device
 
 # ----------------------------------------------------------------------------- device and precision
 
@@ -132,7 +132,7 @@ def check_same_model(args):
     """A run resumes only with the model configuration its checkpoint was trained with."""
     theirs = args.ckpt["config_obj"]
     if args.config != theirs:
-        diff = {k: (v, getattr(args.config, k)) for k, v in theirs.to_dict().items()
+        diff = {k: (v, getattr(args.config, k)) for k, v in dataclasses.asdict(theirs).items()
                 if getattr(args.config, k) != v}
         raise CheckpointError(f"{args.resume} was trained with another model configuration "
                               f"(field: (checkpoint, asked) {diff}); drop those options to resume "

@@ -3,10 +3,12 @@
   write_run_info   the run's configuration, printed and written to <out>/config.json
   EpochTally       an epoch's running sums, the progress bar's line, and the epoch's record
   collapse_figures the collapse monitor's figures of a set of embeddings
+  gradient_shares  which loss term trains the ResNet: each term's share of its gradient
   Monitor          epoch-end monitors: k-NN accuracy and landmark hit rate on held-out faces; the
                    collapse monitor on training faces
   RunLog         each record to metrics.jsonl and the console, curves.png (draw_curves), TensorBoard
 """
+import dataclasses
 import json
 import math
 import os
@@ -16,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 
 import data
-from eval import embed, knn_predict, landmark_hit_rate
-from support.common import capped
-from support.run import git_commit
+from data_support.layouts import DatasetError
+from eval import embed, knn_predict
+from eval_support.common import capped
+from eval_support.landmarks import landmark_hit_rate
+from train_support.run import git_commit
 
 LOSS_TERMS = ("similarity", "reconstruction", "distillation", "grouping")  # grouping is l_g²
 WEIGHTED = tuple("weighted_" + term for term in LOSS_TERMS)  # the terms as they add up to the total
@@ -40,7 +44,7 @@ def tensorboard_writer():
 def write_run_info(args, setup, trainer, num_images, steps_per_epoch):
     """Print the run's configuration and write it to <out>/config.json: -> that record."""
     os.makedirs(args.out, exist_ok=True)
-    run_info = {"model": args.config.to_dict(),
+    run_info = {"model": dataclasses.asdict(args.config),
                 "train": {k: v for k, v in vars(args).items() if k not in ("config", "overrides",
                                                                            "ckpt")},
                 "device": str(setup.device), "precision": setup.precision,
@@ -114,6 +118,27 @@ def collapse_figures(z):
             "embedding_cosine": off_diagonal.item()}
 
 
+
+def gradient_shares(model, origin, view1, view2, scale=1.0):
+    """Which loss trains the ResNet: each weighted term's gradient norm at the backbone's weights,
+    as a share of their sum -> {grad_share_<term>: float}, adding up to 1. A term with no path into
+    the backbone reads exactly 0 (L_r and β·l_g² in the paper: argsort and the no-grad origin pass
+    cut theirs). scale multiplies every term (fp16's loss scale, so small gradients do not
+    underflow; the shares do not change). One backward per term; the caller keeps the weights'
+    .grad, BatchNorm statistics and RNG as they were (train.py's Trainer.gradient_shares)."""
+    weighted, _ = model.loss_terms(origin, view1, view2)
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    norms = []
+    for term in weighted.values():
+        grads = (torch.autograd.grad(term * scale, params, retain_graph=True, allow_unused=True)
+                 if term.requires_grad else [])
+        norms.append(sum((g.float().pow(2).sum() for g in grads if g is not None),
+                         origin.new_zeros((), dtype=torch.float32)))
+    norms = torch.stack(norms).sqrt().tolist()  # one host sync
+    total = sum(norms) or 1.0
+    return {"grad_share_" + name[len("weighted_"):]: n / total for name, n in zip(weighted, norms)}
+
+
 class Monitor:
     """The epoch-end monitors, on the main process only: the collapse monitor on training faces
     (--collapse-samples 0: off), and on labelled data (--knn-samples 0: off) the k-NN accuracy of
@@ -134,7 +159,7 @@ class Monitor:
         try:
             held_out = data.get_dataset(args.data, args.root, split, seed=args.seed,
                                         synthetic_look=args.look, render=True)
-        except data.DatasetError as e:
+        except DatasetError as e:
             setup.say(f"k-NN monitor off: {e}")
             return
         self.classes = len(train_base.classes)
@@ -165,7 +190,7 @@ class Monitor:
             net = torch.nn.Sequential(model.backbone, model.projector).eval()
             record.update(collapse_figures(embed(net, self.collapse_set, device)[0]))
         if self.knn_sets is not None:
-            trunk = model.trunk().eval()
+            trunk = model.backbone.eval()
             (tx, ty), (vx, vy) = (embed(trunk, loader, device) for loader in self.knn_sets)
             record["knn_accuracy"] = (knn_predict(tx, ty, vx,
                                                   self.classes) == vy).float().mean().item()

@@ -8,10 +8,11 @@ import os
 import sys
 
 import data
-from simfle import SimFLEConfig
-from support.common import HelpFormatter, str2bool
-from support.observe import tensorboard_writer
-from support.run import check_same_model, resume_options
+from data_support.synthetic_faces import LOOKS
+from eval_support.common import HelpFormatter, str2bool
+from simfle import CHOICES, SimFLEConfig
+from train_support.observe import tensorboard_writer
+from train_support.run import check_same_model, resume_options
 
 # training defaults per preset (the paper: batch 256, 100 epochs; tiny: minutes on a laptop CPU)
 TRAIN_DEFAULTS = {"paper": dict(epochs=100, batch_size=256, crop_scale=0.08, warmup_epochs=0.0),
@@ -23,11 +24,6 @@ RUNTIME_OPTIONS = {"resume", "ckpt", "device", "precision", "workers", "compile"
 # `python train.py` (built-in faces, no --preset): the tiny preset with a narrow ResNet-18 and the
 # views augmented on the device, the speed levers that keep the paper's masking geometry
 QUICK_START = dict(width=0.5, augment="device")
-# the values SimFLEConfig.validate accepts for its text fields, listed by --help
-CONFIG_CHOICES = {"backbone": ("resnet18", "resnet34", "resnet50"), "stem": ("imagenet", "small"),
-                  "gfl": ("byol", "simclr", "barlow"), "masking": ("semantic", "random"),
-                  "distill_target": ("mean", "ffl"), "distill_loss": ("kd", "cosine"),
-                  "ema_schedule": ("fixed", "cosine")}
 
 # ----------------------------------------------------------------------------- options
 
@@ -41,8 +37,8 @@ def add_config_options(parser):
         kind = str2bool if f.type in (bool, "bool") else type(getattr(paper, f.name))
         meta = "BOOL" if kind is str2bool else kind.__name__.upper()
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                           choices=CONFIG_CHOICES.get(f.name),
-                           metavar=None if f.name in CONFIG_CHOICES else meta,
+                           choices=CHOICES.get(f.name),
+                           metavar=None if f.name in CHOICES else meta,
                            help=f"paper: {getattr(paper, f.name)}, tiny: {getattr(tiny, f.name)}")
 
 
@@ -65,7 +61,7 @@ def build_parser():
     add("--weight-decay", type=float, default=1e-4, help="weight decay (the paper: 1e-4)")
     add("--optimizer", default="sgd", choices=["sgd", "lars"],
         help="sgd: the paper's (momentum 0.9); lars: momentum 0.9 with each tensor's step scaled "
-             "by its trust ratio, as small-batch BYOL recipes use it (support/optim.py)")
+             "by its trust ratio, as small-batch BYOL recipes use it (train_support/optim.py)")
     add("--lars-eta", type=float, default=0.02, help="LARS's trust coefficient (solo-learn: 0.02)")
     add("--exclude-norm-bias", type=str2bool, default=False, metavar="BOOL",
         help="no weight decay (and no LARS trust ratio) on BatchNorm / LayerNorm weights and "
@@ -90,7 +86,7 @@ def build_parser():
              "more time")
     add("--num-synthetic", type=int, default=None,
         help="size of the synthetic training set (default: 4000)")
-    add("--look", default="aligned", choices=list(data.LOOKS),
+    add("--look", default="aligned", choices=list(LOOKS),
         help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders "
              "scenes")
     add("--crop-scale", type=float, default=None,

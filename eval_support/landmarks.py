@@ -1,12 +1,13 @@
 """The landmark evaluations of eval.py --mode landmarks: a linear probe from the frozen trunk's last
 feature map to the landmarks (NME), and the landmark hit rate of semantic masking (the share of a
 face's landmarks in the patches it keeps visible, paper §3), with random masking and a fixed central
-mask as controls."""
+mask as controls; and the pictures of semantic masking and FaceMAE (`inspect_ffl`)."""
 import torch
 
 import data
-from simfle import SimFLE
-from support.common import loader
+from data_support.layouts import DatasetError
+from simfle import SimFLE, patchify
+from eval_support.common import loader
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def landmark_probe(trunk, train_base, test_base, size, device, workers=0, max_tr
     test split.
     """
     if not train_base.num_landmarks:
-        raise data.DatasetError("--mode landmarks needs a dataset with landmarks (synthetic, "
+        raise DatasetError("--mode landmarks needs a dataset with landmarks (synthetic, "
                                 f"affectnet7/8); {train_base.name} has none")
     trunk = trunk.to(device).eval()
     if len(train_base) > max_train:
@@ -117,7 +118,7 @@ def landmark_hit_rate(model, dataset, device, batch_size=64, workers=0, seed=0):
     if not c.use_facemae:
         raise ValueError("the landmark hit rate needs a model with FaceMAE (use_facemae=True)")
     if not dataset.num_landmarks:
-        raise data.DatasetError("the landmark hit rate needs a dataset with landmarks; "
+        raise DatasetError("the landmark hit rate needs a dataset with landmarks; "
                                 f"{dataset.name} has none")
     # train-mode BN moves running statistics
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
@@ -164,3 +165,29 @@ def hit_rate_trained_and_untrained(model, seed, dataset, device, workers=0):
     trained = landmark_hit_rate(model, dataset, device, workers=workers)
     torch.manual_seed(seed)
     return trained, landmark_hit_rate(SimFLE(model.config), dataset, device, workers=workers)
+
+
+def unpatchify(x, p):
+    """MAE's unpatchify: (B,N,p·p·3) -> (B,3,H,W), square images."""
+    B, N, _ = x.shape
+    h = int(N ** 0.5)
+    x = x.reshape(B, h, h, p, p, 3)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(B, 3, h * p, h * p)
+
+
+@torch.no_grad()
+def inspect_ffl(model, origin):
+    """For figures, by the training code path (SimFLE.ffl): group maps (B,G,h,w), chosen group (B,),
+    scores (B,N), mask (B,N) (1 = masked), the visible patches and the reconstruction (B,3,H,W)
+    with the visible ones pasted in (masked ones de-normalised with the true patch statistics, as
+    MAE's figures do), in the normalised image space of `origin`; loss: L_r."""
+    if not model.config.use_facemae:
+        raise ValueError("inspect_ffl needs a model with use_facemae=True")
+    p = model.config.patch_size
+    out = model.ffl(origin)
+    m = out["mask"][..., None]  # (B,N,1)
+    pred = out["pred"].float() * (out["patch_var"] + 1e-6) ** 0.5 + out["patch_mean"]  # (B,N,p·p·3)
+    orig = patchify(origin.float(), p)
+    return dict(maps=out["maps"], chosen=out["chosen"], scores=out["scores"], mask=out["mask"],
+                visible=unpatchify(orig * (1 - m), p),
+                reconstruction=unpatchify(orig * (1 - m) + pred * m, p), loss=out["reconstruction"])
