@@ -86,13 +86,54 @@ def write_table(arms, split, path):
         f.write("\n".join(lines) + "\n")
 
 
-# tab10, then ten more that none of it resembles: a curve of up to 20 arms never shares a colour
-COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "black", "navy", "olive",
-           "teal", "maroon", "gold", "lime", "indigo", "salmon", "slategrey"]
+# colour says the variant, the line says the GFL: an arm and its BYOL or SimCLR twin share a colour
+VARIANT_COLOURS = {"": "tab:blue", "+semantic": "tab:red", "+random": "tab:green",
+                   "+semantic+open": "tab:purple", "+random+open": "tab:olive"}
+OTHER_COLOURS = ["tab:brown", "tab:cyan", "tab:pink", "navy", "teal", "maroon", "gold", "indigo"]
+BASELINE_COLOURS = {"random trunk": "tab:gray", "random trunk, BN statistics": "black",
+                    "pixels 32x32": "tab:pink"}
 
 
-def colour(k):
-    return COLOURS[k % len(COLOURS)]
+def style(arm, k):
+    """Matplotlib keywords of arm number k: SimCLR solid, BYOL dash-dot, supervised dotted black;
+    a variant (+semantic, +random, +open) in one colour across GFLs; other arms their own colour."""
+    gfl, _, variant = arm.partition("+")
+    variant = "+" + variant if variant else ""
+    if arm == "supervised":
+        return dict(color="black", ls=":", marker="s")
+    if gfl in ("simclr", "byol") and variant in VARIANT_COLOURS:
+        return dict(color=VARIANT_COLOURS[variant], ls="-" if gfl == "simclr" else "-.",
+                    marker="o" if gfl == "simclr" else "^")
+    return dict(color=OTHER_COLOURS[k % len(OTHER_COLOURS)], ls="--" if "byol" in arm else "-",
+                marker="D")
+
+
+def seeds_of(points):
+    """-> {images: the sorted seeds measured there}."""
+    return {x: tuple(sorted(r.get("seed", 0) for r in rs)) for x, rs in points.items()}
+
+
+def label(arm, points):
+    """The legend's name of an arm: with its seeds, and where the seed sets differ between points,
+    each point's."""
+    sets = seeds_of(points)
+    if len(set(sets.values())) == 1:
+        (seeds,) = set(sets.values())
+        return f"{arm} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    return f"{arm} (seeds differ by point; joined where equal)"
+
+
+def draw_baselines(ax, arms, key):
+    """A file of budget-free baselines only: one bar each, ± std over its seeds."""
+    names = [a for a, p in arms.items() if key in next(iter(p.values()))[0]]
+    ms = [mean_std([100 * r[key] for r in arms[a][0]]) for a in names]
+    ax.barh(range(len(names)), [m for m, _ in ms], xerr=[s or 0.0 for _, s in ms], capsize=3,
+            color=[BASELINE_COLOURS.get(a, "tab:gray") for a in names])
+    ax.set_yticks(range(len(names)), [label(a, arms[a]) for a in names])
+    for y, (m, sd) in enumerate(ms):  # the value right of its error bar
+        ax.text(m + (sd or 0.0), y, f"  {m:.1f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.15 * max(m + (sd or 0.0) for m, sd in ms))
+    ax.invert_yaxis()
 
 
 def draw(path):
@@ -111,58 +152,26 @@ def draw(path):
         print("matplotlib is not installed: no picture drawn")
         return
     with_hits = any("hit_rate" in r for r in rows)
-    rows_of_legend = math.ceil(len(arms) / 5)  # the arms' legend, under the panels
-    fig, axes = plt.subplots(1, 3 if with_hits else 2,
-                             figsize=(15 if with_hits else 11, 4.5 + 0.22 * rows_of_legend),
-                             dpi=110)
     ticks = sorted({x for points in arms.values() for x in points if x > 0})
+    several = any(len(rs) > 1 for points in arms.values() for rs in points.values())
     titles = ("linear probe (cached features)", "k-NN (k = 20)")
-    for ax, key, title in zip(axes, ("linear", "knn"), titles):
-        for k, (arm, points) in enumerate(arms.items()):
-            xs = sorted(x for x in points if key in points[x][0])
-            if not xs:
-                continue
-            ms = [mean_std([100 * r[key] for r in points[x]]) for x in xs]
-            if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
-                (m, s), = ms
-                ax.axhline(m, ls="--", lw=1, color=colour(k), label=arm)
-                if s:
-                    ax.axhspan(m - s, m + s, color=colour(k), alpha=0.12, lw=0)
-                continue
-            ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], marker="o", ms=4,
-                        capsize=3, color=colour(k), label=arm)
-        ax.set_ylabel(f"{split} accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     dataset = os.path.basename(stem).split("_")[0].upper()
-    fig.suptitle(f"{dataset}, {split} split, against images seen; bars and bands: ± std over "
-                 "seeds, dashed: baselines", fontsize=10)
-    if with_hits:
-        ax = axes[2]
-        controls = next(r for r in rows if "hit_rate_random" in r)
-        ax.axhline(100 * controls["hit_rate_random"], ls=":", color="grey", label="random masking")
-        ax.axhline(100 * controls["hit_rate_central"], ls="--", color="black",
-                   label="fixed mask, central patches")
-        for k, (arm, points) in enumerate(arms.items()):
-            xs = sorted(x for x in points if "hit_rate" in points[x][0])
-            if xs == [0]:  # the masking as initialised: where training starts from
-                start = statistics.mean(r["hit_rate"] for r in points[0])
-                ax.axhline(100 * start, ls="-.", color=colour(k), label=arm)
-            elif xs:
-                rates = [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs]
-                ax.plot(xs, rates, marker="o", color=colour(k), label=arm)
-        ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
-        ax.set_ylabel("landmarks in visible patches (%)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes:  # one x axis for every panel: the budgets measured, on a log scale
-        ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("images seen in pretraining (log scale)")
-    fig.tight_layout(rect=(0, 0.22 * rows_of_legend / fig.get_figheight() + 0.01, 1, 1))
+    if not ticks:  # baselines only: bars, not lines against a budget no row has
+        fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.5 * len(arms)), dpi=110)
+        for ax, key, title in zip(axes, ("linear", "knn"), titles):
+            draw_baselines(ax, arms, key)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(f"{split} accuracy (%)")
+        spread = "; bars: ± std over seeds" if several else ""
+        fig.suptitle(f"{dataset}, {split} split: the budget-free baselines{spread}", fontsize=10)
+        fig.tight_layout()
+    else:
+        fig, legend_height = draw_curves(plt, arms, split, ticks, with_hits, titles, rows)
+        baselines = any(list(p) == [0] for p in arms.values())
+        spread = "; bars and bands: ± std over seeds" if several else ""
+        fig.suptitle(f"{dataset}, {split} split, against images seen{spread}"
+                     + ("; dashed: baselines" if baselines else ""), fontsize=10)
+        fig.tight_layout(rect=(0, legend_height, 1, 1))
     # two runs may write the same picture: each its own temporary
     tmp = f"{stem}.{os.getpid()}.tmp.png"
     fig.savefig(tmp)
@@ -171,6 +180,81 @@ def draw(path):
 
 
 # ----------------------------------------------------------------------------- two arms compared
+
+
+def draw_curves(plt, arms, split, ticks, with_hits, titles, rows):
+    """The panels of a learning curve: linear probe and k-NN (and the landmark hit rate where rows
+    have it) against images seen; the legend under them, off the data. -> the figure and the share
+    of its height the legend takes."""
+    curves = [a for a, p in arms.items() if any(x > 0 for x in p)]
+    n_legend = math.ceil((len(arms) + (2 if with_hits else 0)) / 4)
+    fig, axes = plt.subplots(1, 3 if with_hits else 2,
+                             figsize=(15 if with_hits else 11, 4.2 + 0.25 * n_legend), dpi=110)
+    for ax, key, title in zip(axes, ("linear", "knn"), titles):
+        for k, (arm, points) in enumerate(arms.items()):
+            xs = sorted(x for x in points if key in points[x][0])
+            if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
+                (m, s), = [mean_std([100 * r[key] for r in points[0]])]
+                colour = BASELINE_COLOURS.get(arm, "tab:gray")
+                ax.axhline(m, ls="--", lw=1, color=colour, label=label(arm, points))
+                if s:
+                    ax.axhspan(m - s, m + s, color=colour, alpha=0.12, lw=0)
+            elif xs:
+                draw_arm(ax, arm, points, xs, key, style(arm, curves.index(arm)))
+        ax.set_ylabel(f"{split} accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    if with_hits:
+        draw_hit_rates(axes[2], arms, rows, curves)
+    for ax in axes:  # one x axis for every panel: the budgets measured, on a log scale
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("images seen in pretraining (log scale)")
+    labels = {}
+    for ax in axes:
+        for h, text in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(text, h)
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=4, fontsize=8,
+               frameon=False)
+    return fig, 0.25 * n_legend / fig.get_figheight() + 0.02
+
+
+def draw_arm(ax, arm, points, xs, key, kw):
+    """One arm's curve, ± std over its seeds; points measured on different seed sets are not joined
+    (each run of equal seed sets is a line of its own)."""
+    sets = seeds_of(points)
+    run, runs = [xs[0]], []
+    for x in xs[1:]:
+        if sets[x] == sets[run[-1]]:
+            run.append(x)
+        else:
+            runs.append(run)
+            run = [x]
+    runs.append(run)
+    for i, run in enumerate(runs):
+        ms = [mean_std([100 * r[key] for r in points[x]]) for x in run]
+        ax.errorbar(run, [m for m, _ in ms], yerr=[s or 0.0 for _, s in ms], ms=4, capsize=3,
+                    label=label(arm, points) if i == 0 else None, **kw)
+
+
+def draw_hit_rates(ax, arms, rows, curves):
+    controls = next(r for r in rows if "hit_rate_random" in r)
+    ax.axhline(100 * controls["hit_rate_random"], ls=":", color="grey", label="random masking")
+    ax.axhline(100 * controls["hit_rate_central"], ls="--", color="black",
+               label="fixed mask, central patches")
+    for arm, points in arms.items():
+        xs = sorted(x for x in points if "hit_rate" in points[x][0])
+        kw = style(arm, curves.index(arm)) if arm in curves else dict(color="tab:gray")
+        if xs == [0]:  # the masking as initialised: where training starts from
+            start = statistics.mean(r["hit_rate"] for r in points[0])
+            ax.axhline(100 * start, ls="-.", color=kw["color"], label=f"{arm}, untrained")
+        elif xs:
+            rates = [100 * statistics.mean(r["hit_rate"] for r in points[x]) for x in xs]
+            ax.plot(xs, rates, **kw)
+    ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
+    ax.set_ylabel("landmarks in visible patches (%)")
+    ax.grid(alpha=0.3)
 
 
 def by_seed(rows, arm, epoch, key):

@@ -21,7 +21,8 @@ SOLUTIONS = os.path.join(ROOT, "tutorial", "solutions.py")
 # the components the tutorial walks through, one section each, each with a picture; the exercises have none
 SECTIONS = ["1. The data", "2. The backbone", "3. Channel grouping", "4. Semantic masking", "5. FaceMAE",
             "6. The GFL loss", "7. A short pretraining run", "8. BYOL or SimCLR", "9. Probing the trunk",
-            "10. The quick start", "11. Exercises", "12. Which loss trains the ResNet", "13. What a longer run shows"]
+            "10. The quick start", "11. Exercises", "12. Which loss trains the ResNet", "13. What a longer run shows",
+            "14. Train it yourself on real faces"]
 
 
 def read():
@@ -219,6 +220,21 @@ def test_student_copy_has_no_answers_and_can_stub_the_model(tmp_path):
         make.colab_badge("https://example.org/simfle", "main")
 
 
+def write_fer2013_csv(folder, per_class=(16, 3, 3)):
+    """A fer2013.csv in FER2013's own format (emotion, 48x48 grey pixels, Usage), a few random faces of each of the 7
+    classes per split -> the folder's path."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rows = ["emotion,pixels,Usage"]
+    for usage, n in zip(("Training", "PublicTest", "PrivateTest"), per_class):
+        rows += [f"{label},{' '.join(map(str, rng.integers(0, 256, 48 * 48)))},{usage}" for label in range(7)
+                 for _ in range(n)]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "fer2013.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return str(folder)
+
+
 def png_dpi(png):
     """The resolution a PNG was written at, from its pHYs chunk (matplotlib writes it), or None."""
     import base64
@@ -243,6 +259,15 @@ def test_figures_are_legible():
     dpis = [png_dpi(o["data"]["image/png"]) for c in nb.cells if c.cell_type == "code"
             for o in c.outputs if "image/png" in o.get("data", {})]
     assert dpis and all(d is not None and d >= 99.5 for d in dpis), f"pictures under 100 dpi: {dpis}"
+    # colour-bar labels short enough for their bars; a figure with a title lays itself out (title and panel titles
+    # kept apart); no bar on a log axis (its length would start at an arbitrary edge)
+    labels = re.findall(r'(?:colorbar\(.*\)\.set_label|bar\.set_label)\("([^"]*)"', code)
+    assert len(labels) >= 5 and max(map(len, labels)) <= 30, f"colour-bar labels longer than their bars: {labels}"
+    for cell in (c.source for c in nb.cells if c.cell_type == "code"):
+        if "suptitle(" in cell:
+            assert re.search(r'layout="constrained"|tight_layout|panels\(', cell), cell[:200]
+        if re.search(r"set_[xy]scale\(\"log\"\)", cell):
+            assert not re.search(r"\.barh?\(", cell), f"a bar chart on a log axis: {cell[:200]}"
 
 
 def numbers(pattern, text):
@@ -315,6 +340,13 @@ def check_claims(text):
     assert byol < 0.75 and simclr > 0.85, (byol, simclr)
     # section 10: train.py ran and ended its second epoch
     assert re.search(r"^epoch=2 step=4 ", text, re.M) and "share of the ResNet's gradient" in text, "the quick start"
+    # section 5: FaceMAE alone learns: its masked-patch loss falls from above 1 (flat patches) to well below it
+    ((_, first, last),) = numbers(rf"200 steps in {N} s; masked-patch loss {N} -> {N}", text)
+    assert first > 1.1 and last < 0.95, (first, last)
+    # section 14: train.py on FER2013 with an NT-Xent named, then its verdict on val for the three trunks
+    assert re.search(r"^training SimCLR on FER2013 with (your|simfle\.py's) NT-Xent", text, re.M), "section 14 ran"
+    verdict = dict(re.findall(rf"^  (pretrained|random    |random, BN) trunk: linear {N} %", text, re.M))
+    assert len(verdict) == 3 and "verdict on fer2013 val" in text, "section 14's verdict"
     # section 12: at the paper's weights L_s carries nearly all of the backbone's gradient, L_d a percent or less;
     # the opened channel a tenth or more at alpha 1, about a third at alpha 3; L_r and beta*l_g^2 exactly 0
     shares = {m.group(1): [float(x) for x in m.groups()[1:]] for m in re.finditer(
@@ -344,8 +376,10 @@ def test_student_copy_runs_then_the_answers_pass_in_one_kernel(tmp_path):
     if os.path.exists(SOLUTIONS):
         nb, added = make.append_solutions(nb)
     t0 = time.time()
-    # the kernel finds the copy's simfle.py from its folder; it is the only thing running: both cores of a 2-core runner
-    make.execute(nb, tmp_path, env={"PYTHONPATH": "", "OMP_NUM_THREADS": "2"})
+    # the kernel finds the copy's simfle.py from its folder; it is the only thing running: both cores of a 2-core runner;
+    # section 14 trains on a tiny generated fer2013.csv, one epoch
+    fer = write_fer2013_csv(tmp_path / "fer2013-tiny")
+    make.execute(nb, tmp_path, env={"PYTHONPATH": "", "OMP_NUM_THREADS": "2", "FER2013_DIR": fer, "FER2013_EPOCHS": "1"})
     print(f"the student copy's notebook ran in {time.time() - t0:.0f} s")
     student_nb, answers = nbformat.from_dict(dict(nb)), nb.cells[len(nb.cells) - added:]
     student_nb.cells = nb.cells[:len(nb.cells) - added]

@@ -110,9 +110,10 @@ def append_solutions(nb, path=SOLUTIONS):
     return nb, len(added)
 
 
-def execute(nb, cwd, timeout=600, env=None):
+def execute(nb, cwd, timeout=1200, env=None):
     """Run the notebook top to bottom in a kernel started in `cwd` (its first cell finds the repository from
-    there, or from PYTHONPATH), on the CPU, one thread, pictures inline."""
+    there, or from PYTHONPATH), on the CPU, one thread (section 14 takes every core for its run), pictures
+    inline; a cell may run for `timeout` seconds (section 14 trains for minutes)."""
     from nbclient import NotebookClient
     env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "CUDA_VISIBLE_DEVICES": "",
            "OMP_NUM_THREADS": "1", **(env or {})}  # the committed outputs come from a CPU run
