@@ -89,7 +89,7 @@ def write_table(arms, split, path):
 # colour says the variant, the line says the GFL: an arm and its BYOL or SimCLR twin share a colour
 VARIANT_COLOURS = {"": "tab:blue", "+semantic": "tab:red", "+random": "tab:green",
                    "+semantic+open": "tab:purple", "+random+open": "tab:olive"}
-OTHER_COLOURS = ["tab:brown", "tab:cyan", "tab:pink", "navy", "teal", "maroon", "gold", "indigo"]
+OTHER_COLOURS = ["tab:brown", "tab:cyan", "tab:orange", "navy", "teal", "maroon", "gold", "indigo"]
 BASELINE_COLOURS = {"random trunk": "tab:gray", "random trunk, BN statistics": "black",
                     "pixels 32x32": "tab:pink"}
 
@@ -104,8 +104,13 @@ def style(arm, k):
     if gfl in ("simclr", "byol") and variant in VARIANT_COLOURS:
         return dict(color=VARIANT_COLOURS[variant], ls="-" if gfl == "simclr" else "-.",
                     marker="o" if gfl == "simclr" else "^")
-    return dict(color=OTHER_COLOURS[k % len(OTHER_COLOURS)], ls="--" if "byol" in arm else "-",
+    return dict(color=OTHER_COLOURS[k % len(OTHER_COLOURS)], ls="-." if "byol" in arm else "-",
                 marker="D")
+
+
+def images_label(x):
+    """28.7k, 229k, 1M: three significant figures at most."""
+    return f"{x / 1000:.3g}k" if x < 1e6 else f"{x / 1e6:.3g}M"
 
 
 def seeds_of(points):
@@ -208,7 +213,9 @@ def draw_curves(plt, arms, split, ticks, with_hits, titles, rows):
         draw_hit_rates(axes[2], arms, rows, curves)
     for ax in axes:  # one x axis for every panel: the budgets measured, on a log scale
         ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{x / 1000:.3g}k" for x in ticks])
+        shown = [x for i, x in enumerate(ticks)  # a tick too close to the next one is left out
+                 if i == len(ticks) - 1 or ticks[i + 1] / x > 1.25]
+        ax.set_xticks(shown, [images_label(x) for x in shown])
         ax.minorticks_off()
         ax.set_xlabel("images seen in pretraining (log scale)")
     labels = {}

@@ -1,8 +1,8 @@
 """
-The FFL's share of the ResNet's gradient at initialisation (SimFLE.gradient_shares: α·L_d's
-gradient norm at the backbone's weights over the sum of every term's), tiny preset, 16 random
-faces a batch, per seed: the figures README.md and docs/departures.md cite, and
-tests/test_simfle.py pins.
+The FFL's share of the ResNet's gradient at initialisation (train_support.observe's
+gradient_shares: α·L_d's gradient norm at the backbone's weights over the sum of every term's),
+tiny preset, 16 random faces a batch, per seed: the figures README.md and docs/departures.md
+cite, and tests/test_simfle.py pins.
 
     python benchmarks/gradient_shares.py                  # the table, seeds 0 1 2
     python benchmarks/gradient_shares.py --out benchmarks/results/gradient_shares_init.md

@@ -53,7 +53,7 @@ from train_support.options import build_parser
 from train_support.run import save_checkpoint
 from eval_support.landmarks import landmark_hit_rate
 from eval_support.common import load_checkpoint, loader
-from curve_rows import append_row, draw, read_rows  # noqa: E402,F401  (this folder)
+from curve_rows import append_row, draw, read_rows  # noqa: E402  (this folder)
 from sweep_synthetic import Pixels  # noqa: E402  (this folder: the pixels themselves as features)
 
 # what every arm shares: the tiny preset with the options bench_fer2013.py measured faster on 48-px

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import learning_curve  # noqa: E402
+from curve_rows import append_row, draw, read_rows  # noqa: E402
 import prepare_fer2013 as prepare  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLE, SimFLEConfig  # noqa: E402
@@ -254,12 +255,12 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
               "--epochs", "4", "--options", "--width 0.25", "--runs", str(tmp_path / "runs"),
               "--out", out]
     assert learning_curve.main(common + ["--until", "2"]) == 0
-    assert [(r["arm"], r["epoch"]) for r in learning_curve.read_rows(out)] == [
+    assert [(r["arm"], r["epoch"]) for r in read_rows(out)] == [
         ("simclr", 1), ("simclr", 2), ("supervised", 1), ("supervised", 2)]
     assert load_checkpoint(str(simclr_ckpt))["step"] == 2 * 4
     # the rest of the budget: epoch 4 only, from the checkpoints
     assert learning_curve.main(common) == 0
-    rows = learning_curve.read_rows(out)
+    rows = read_rows(out)
     assert [(r["arm"], r["epoch"]) for r in rows[4:]] == [("simclr", 4), ("supervised", 4)]
     # 28 faces, batch 7: 4 steps an epoch
     assert [r["images"] for r in rows if r["epoch"] == 4] == [4 * 4 * 7] * 2
@@ -270,7 +271,7 @@ def test_a_curve_stopped_with_until_goes_on_and_its_test_split_is_read_once(tmp_
     read_test = [a if a != out else test_out for a in common] + ["--split", "test", "--baselines"]
     for _ in range(2):  # the second call finds the rows: test is read once
         assert learning_curve.main(read_test) == 0
-        assert [(r["arm"], r["epoch"], r["split"]) for r in learning_curve.read_rows(test_out)] == [
+        assert [(r["arm"], r["epoch"], r["split"]) for r in read_rows(test_out)] == [
             ("random trunk", 0, "test"), ("random trunk, BN statistics", 0, "test"),
             ("pixels 32x32", 0, "test"),
             # the checkpoints as they stood: nothing trained
@@ -295,8 +296,8 @@ def test_curve_table_and_picture_from_rows(tmp_path):
              "hit_rate": 0.46,
              "hit_rate_random": 0.245, "hit_rate_central": 0.44}]
     for r in rows:
-        learning_curve.append_row(path, r)
-    learning_curve.draw(path)
+        append_row(path, r)
+    draw(path)
     table = open(tmp_path / "curve.md").read()
     # mean ± std over the seeds
     assert "| simclr | 1 | 100 | 2 | 25.0 ± 7.1 | 22.0 ± 1.4 | – |" in table

@@ -92,6 +92,19 @@ def test_committed_notebook_shows_every_picture_without_running():
     text = stdout(nb)
     assert text.count("NOT DONE") == stubs == 6 + 3 and not re.search(r"^(PASS|FAIL|OUTSIDE) ", text, re.M)
     check_claims(text)  # and its text agrees with the numbers its cells printed
+    if not os.path.exists(SOLUTIONS):
+        return  # a student copy's tests read its own run (a generated csv in section 14), not the shipped one
+    # section 14 ran on FER2013 for the shipped outputs: its prose quotes that run
+    assert "verdict on fer2013 val (3589 images)" in text, "the shipped notebook ran section 14 on FER2013"
+    rows = re.findall(r"^  (pretrained|random    ) trunk: linear ([\d.]+) % \(lr [\d.]+\), k-NN +([\d.]+) %", text,
+                      re.M)
+    printed = {name: (float(lin), float(knn)) for name, lin, knn in rows}  # only section 14 prints this verdict
+    (minutes,) = re.findall(r"^4 epochs and the verdict in ([\d.]+) min", text, re.M)
+    prose = " ".join(" ".join(c.source for c in nb.cells if c.cell_type == "markdown").split())
+    (p_lin, p_knn), (r_lin, r_knn) = printed["pretrained"], printed["random    "]
+    assert f"{p_lin:.1f} % against {r_lin:.1f} % on the linear probe, {p_knn:.1f} % against {r_knn:.1f} % by k-NN" in prose
+    assert p_lin > r_lin and p_knn > r_knn, "the prose says the trunk is above the random one"
+    assert f"**{minutes} minutes on 2 CPU cores**" in prose and f"{minutes} of them section 14's" in prose
 
 
 def test_committed_notebook_is_what_its_source_builds():
@@ -218,6 +231,25 @@ def test_student_copy_has_no_answers_and_can_stub_the_model(tmp_path):
     assert (tmp_path / "tutorial" / "tutorial.py").read_text().count("Open in Colab") == 1
     with pytest.raises(SystemExit, match="GitHub address"):
         make.colab_badge("https://example.org/simfle", "main")
+
+
+# run in the kernel after the answers: section 14's helpers with the student's simclr_loss, watched by a spy
+SECTION_14_WITH_YOUR_LOSS = """
+loss_fn, whose = nt_xent_for_training()
+calls, own = [], simfle.simclr_loss
+def spy(z1, z2, temperature):
+    calls.append(len(z1))
+    return loss_fn(z1, z2, temperature)
+status = train_with_nt_xent(spy, ["--data", "fer2013", "--root", FER2013, "--preset", "tiny", "--width", "0.5",
+                                  "--gfl", "simclr", "--use-facemae", "false", "--epochs", "1", "--workers", "0",
+                                  "--out", real_run + "-yours", "--overwrite", "--probe", "false", "--knn-samples", "0"])
+try:
+    refused = train_with_nt_xent(spy, ["--epochs", "-1", "--out", real_run + "-refused"])
+except SystemExit as stop:
+    refused = stop.code
+print(f"section 14: {whose} | called {len(calls)} times | status {status} | refused {refused} | "
+      f"restored {simfle.simclr_loss is own}")
+"""
 
 
 def write_fer2013_csv(folder, per_class=(16, 3, 3)):
@@ -375,6 +407,8 @@ def test_student_copy_runs_then_the_answers_pass_in_one_kernel(tmp_path):
     added = 0
     if os.path.exists(SOLUTIONS):
         nb, added = make.append_solutions(nb)
+        nb.cells.append(nbformat.v4.new_code_cell(SECTION_14_WITH_YOUR_LOSS))  # after the answers: theirs is written
+        added += 1
     t0 = time.time()
     # the kernel finds the copy's simfle.py from its folder; it is the only thing running: both cores of a 2-core runner;
     # section 14 trains on a tiny generated fer2013.csv, one epoch
@@ -395,6 +429,12 @@ def test_student_copy_runs_then_the_answers_pass_in_one_kernel(tmp_path):
             assert re.search(rf"^PASS {name}: ", answered, re.M), f"the checker of {name} did not pass"
         assert not re.search(r"^(FAIL|OUTSIDE|NOT DONE) ", answered, re.M)
         assert not re.search(r"^PASS .*\boutside\b", answered, re.M), "a measurement left its expected range"
+        # section 14 with the answer written: the student's NT-Xent is the one train.py calls, and simfle.py's is
+        # put back after the run and after a run train.py refuses
+        ((calls, status, refused, restored),) = re.findall(
+            r"^section 14: your NT-Xent \(exercise 6\) \| called (\d+) times \| status (\d+) \| refused (\d+) \| "
+            r"restored (True|False)$", answered, re.M)
+        assert int(calls) > 0 and status == "0" and refused != "0" and restored == "True", answered[-800:]
     nbformat.write(student_nb, str(tmp_path / "tutorial.ipynb"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_exercises.py",

@@ -99,8 +99,8 @@ def build_parser():
         help=f"linear lr warm-up over this many epochs, per step ({per_preset('warmup_epochs')})")
     add("--grad-share-every", type=int, default=100, metavar="STEPS",
         help="measure each loss term's share of the ResNet's gradient every this many steps of an "
-             "epoch, "
-             "from its first (SimFLE.gradient_shares; 0: off). It changes nothing in the training")
+             "epoch, from its first (gradient_shares in train_support/observe.py; 0: off). It "
+             "changes nothing in the training")
     add("--knn-samples", type=int, default=1000,
         help="cap on each split for the k-NN monitor (0: off)")
     add("--collapse-samples", type=int, default=512,

@@ -39,7 +39,7 @@
 # section 14 does, on real faces, when you give it FER2013's file: SimCLR with your own NT-Xent, 4 epochs, a few
 # minutes. The paper's own scale (ResNet-50, 100 epochs, RAF-DB) needs a GPU and hours.
 #
-# **Run it** top to bottom. Measured on 2 CPU cores: about 9 minutes, 6.7 of them section 14's FER2013 run; without
+# **Run it** top to bottom. Measured on 2 CPU cores: about 10 minutes, 7.1 of them section 14's FER2013 run; without
 # FER2013's file (section 14 then skips) about 2.5 minutes. **On Colab**: *Runtime → Change runtime type → T4 GPU*
 # (any GPU; the CPU runtime works too, slower); the first code cell fetches the repository from `REPO_URL`,
 # the one place to set it, and uses the GPU when there is one (it never reinstalls torch). **Locally**:
@@ -100,6 +100,7 @@ print(f"repository: {REPO}\nrunning on {'Colab' if 'google.colab' in sys.modules
       f"device {DEVICE}" + ("" if DEVICE != "cpu" else " (on Colab: Runtime → Change runtime type → T4 GPU)"))
 
 # %%
+import contextlib
 import copy
 import dataclasses
 import json
@@ -112,6 +113,7 @@ from torch.utils.data import DataLoader
 import data                # faces, augmentations
 import eval as evaluate    # the probes (imported under another name: `eval` is a Python builtin)
 import simfle
+import train                # section 14 runs train.py in this kernel
 from simfle import SimFLE, SimFLEConfig
 from data_support.device_augment import MEAN, STD     # the normalisation, to show images
 from eval_support.landmarks import central_patches, inspect_ffl, landmark_hit_rate, unpatchify
@@ -1257,7 +1259,7 @@ plt.show()
 # opened (α = 1). (The README's *Does it learn?* adds the test split and the few-label figures.)
 # The dashed lines are the budget-free baselines: the random trunk (grey), the random trunk with BatchNorm
 # statistics (black), and a k-NN on the faces' raw 32×32 pixels (pink). The pixels' k-NN sits above every trunk
-# on the k-NN panel for a reason that is not learning: 318 of PublicTest's faces have a near-exact copy in Training
+# but the supervised one on the k-NN panel, for a reason that is not learning: 318 of PublicTest's faces have a near-exact copy in Training
 # (`benchmarks/prepare_fer2013.py` lists them), and a nearest neighbour on pixels finds the copy; without them it
 # falls to 38.8 %. SimFLE with SimCLR beats the random trunk from epoch 2 on, for three seeds. **The credit goes to the GFL**:
 # SimCLR alone matches SimFLE at every budget in a third of its CPU time per image, random masking matches
@@ -1279,7 +1281,7 @@ plt.show()
 # default `data/fer2013/` of the repository. On Colab, upload it there with the file browser (left bar), or
 # copy it from your Drive; if you have FER2013 as image folders (`train/angry/...`), `python
 # benchmarks/prepare_fer2013.py --from <folder> --out data/fer2013` writes the csv. Without it, this section
-# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **6.7 minutes on
+# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **7.1 minutes on
 # 2 CPU cores** (the outputs below), the verdict included; a GPU is faster (not measured here).
 
 # %%
@@ -1289,43 +1291,58 @@ real_run = os.path.abspath(os.path.join("runs", "notebook-fer2013"))
 
 
 def nt_xent_for_training():
-    """Your simclr_loss from exercise 6 if you wrote it, else simfle.py's; and which one it is."""
+    """Your simclr_loss from exercise 6 if you wrote it, else simfle.py's, and which one it is; (None, why) when neither
+    is written (a student copy built with --stub-model)."""
+    z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
+    for loss_fn, whose in ((simclr_loss, "your NT-Xent (exercise 6)"),
+                           (simfle.simclr_loss, "simfle.py's NT-Xent (exercise 6 is not done yet)")):
+        try:
+            loss_fn(z1, z2, 0.1)
+            return loss_fn, whose
+        except NotImplementedError:   # a stub
+            continue
+    return None, "no NT-Xent to train with: exercise 6 is not done and simfle.py's simclr_loss is a stub too"
+
+
+def train_with_nt_xent(loss_fn, options):
+    """train.py in this kernel with loss_fn as simfle.simclr_loss (SimFLE.gfl_loss calls it), on every core this
+    process may use, its log (progress bars too) in a file; simfle.py's own loss and the thread count are put back
+    afterwards, whatever happens. -> train.py's exit status"""
+    own_loss, threads = simfle.simclr_loss, torch.get_num_threads()
+    simfle.simclr_loss = loss_fn
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     try:
-        simclr_loss(torch.randn(4, 8), torch.randn(4, 8), 0.1)   # the exercise's stub raises NotImplementedError
-        return simclr_loss, "your NT-Xent (exercise 6)"
-    except NotImplementedError:
-        return simfle.simclr_loss, "simfle.py's NT-Xent (exercise 6 is not done yet)"
+        with open(options[options.index("--out") + 1] + ".log", "w") as log, contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
+            return train.cli(options)
+    finally:
+        simfle.simclr_loss = own_loss
+        torch.set_num_threads(threads)
 
 
-have_fer2013 = os.path.isfile(os.path.join(FER2013, "fer2013.csv"))
+have_fer2013, trained = os.path.isfile(os.path.join(FER2013, "fer2013.csv")), False
+loss_fn, whose = nt_xent_for_training()
 if not have_fer2013:
     print(f"No fer2013.csv in {FER2013}: this section is skipped. Put FER2013's fer2013.csv there (or set "
           "FER2013_DIR to its folder) and run this cell and the next again.")
+elif loss_fn is None:
+    print(whose + ": this section is skipped.")
 else:
-    import contextlib
-    import train
-    loss_fn, whose = nt_xent_for_training()
     print(f"training SimCLR on FER2013 with {whose}, {REAL_EPOCHS} epoch(s)")
     options = ["--data", "fer2013", "--root", FER2013, "--preset", "tiny", "--width", "0.5", "--augment", "device",
                "--gfl", "simclr", "--use-facemae", "false", "--epochs", str(REAL_EPOCHS), "--workers", "0",
                "--device", DEVICE, "--out", real_run, "--overwrite"]
-    own_loss, threads, started = simfle.simclr_loss, torch.get_num_threads(), time.time()
-    simfle.simclr_loss = loss_fn             # SimFLE.gfl_loss calls simfle.simclr_loss: now yours
-    torch.set_num_threads(os.cpu_count())    # every core for this run
-    try:
-        with open(real_run + ".log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            status = train.cli(options)      # train.py in this kernel: its log (progress bars too) in the file
-    finally:
-        simfle.simclr_loss = own_loss        # simfle.py's again, for every other cell
-        torch.set_num_threads(threads)
+    started = time.time()
+    status = train_with_nt_xent(loss_fn, options)
     lines = [line for line in open(real_run + ".log").read().splitlines() if "it/s" not in line]
     if status:
         raise SystemExit("train.py stopped with exit status %d:\n%s" % (status, "\n".join(lines[-15:])))
+    trained = True
     print(f"{REAL_EPOCHS} epochs and the verdict in {(time.time() - started) / 60:.1f} min on {DEVICE}")
     print("\n".join(line for line in lines if line.startswith(("verdict", "  pretrained", "  random"))))
 
 # %%
-if have_fer2013:
+if trained:
     verdict = json.load(open(os.path.join(real_run, "probe_vs_random_fer2013.json")))
     trunks = ["pretrained", "random", "random, BN"]
     fig, ax = plt.subplots(figsize=(6, 2.8), layout="constrained")
