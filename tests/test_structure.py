@@ -155,9 +155,21 @@ def defined_names(path):
     return names
 
 
+def project_imports(path):
+    """The names a module binds by importing them from a project module (what it could pass on)."""
+    known, names = set(MODULES) | set(SCRIPTS) | set(PACKAGES), set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in known:
+            names |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.asname or a.name for a in node.names if a.name in known}
+    return names
+
+
 def borrowed_names(path):
     """Project names that a file reads through a module which only imports them: `from eval import
-    load_checkpoint` or `evaluate.load_checkpoint` where eval_support.common defines it."""
+    load_checkpoint` or `evaluate.load_checkpoint` where eval_support.common defines it (a library
+    module seen through a project module, such as `run.subprocess` to patch it, is not one)."""
     tree = ast.parse(open(path).read())
     stored = {n.id for n in ast.walk(tree)
               if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
@@ -166,14 +178,16 @@ def borrowed_names(path):
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             alias.update({a.asname or a.name: a.name for a in node.names if a.name in known})
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in PACKAGES:
+            alias.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
+                          if f"{node.module}.{a.name}" in MODULES})  # from pkg import module [as x]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in known:
-            defined = defined_names(module_file(node.module))
-            found += [f"{node.module}.{a.name}" for a in node.names
-                      if a.name not in defined and f"{node.module}.{a.name}" not in MODULES]
+            passed_on = project_imports(module_file(node.module))
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name in passed_on]
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                 and node.value.id in alias and node.value.id not in stored
-                and node.attr not in defined_names(module_file(alias[node.value.id]))):
+                and node.attr in project_imports(module_file(alias[node.value.id]))):
             found.append(f"{alias[node.value.id]}.{node.attr}")
     return found
 
@@ -181,9 +195,11 @@ def borrowed_names(path):
 def test_the_name_check_finds_a_borrowed_name(tmp_path):
     f = tmp_path / "caller.py"
     f.write_text("import eval as evaluate\nfrom train import parse_args\nevaluate.load_checkpoint\n"
-                 "evaluate.linear_probe\nimport learning_curve\nlearning_curve.read_rows\n")
+                 "evaluate.linear_probe\nimport learning_curve\nlearning_curve.read_rows\n"
+                 "from train_support import options as o\no.build_parser\no.str2bool\no.sys\n")
     assert borrowed_names(str(f)) == ["train.parse_args", "eval.load_checkpoint",
-                                      "learning_curve.read_rows"]
+                                      "learning_curve.read_rows",
+                                      "train_support.options.str2bool"]
 
 
 @pytest.mark.parametrize("path", OWN + sorted(TUTORIAL))
