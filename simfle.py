@@ -420,10 +420,10 @@ class SimFLE(nn.Module):
         maps, scores, ids_keep, mask, ids_restore = self.mask_patches(attn, chosen)
         latent = self.facemae.encode(origin, ids_keep)  # (B,1+K,D)
         pred = self.facemae.decode(latent, ids_restore)  # (B,N,p·p·3)
-        target, mean, var = norm_pix_targets(origin.float(), c.patch_size)
+        target = norm_pix_targets(origin.float(), c.patch_size)[0]
         return dict(attn=attn, maps=maps, chosen=chosen, scores=scores, mask=mask, latent=latent,
                     pred=pred, reconstruction=reconstruction_loss(pred, target, mask),
-                    grouping=l_g ** 2, l_g=l_g, patch_mean=mean, patch_var=var)
+                    grouping=l_g ** 2, l_g=l_g)
 
     def mask_patches(self, attn, chosen, masking=None):
         """Semantic masking (§3): A (B,C,h,w) summed per group, the chosen (B,) group's map scores

@@ -184,9 +184,6 @@ def draw(path):
     os.replace(tmp, stem + ".png")
 
 
-# ----------------------------------------------------------------------------- two arms compared
-
-
 def draw_curves(plt, arms, split, ticks, with_hits, titles, rows):
     """The panels of a learning curve: linear probe and k-NN (and the landmark hit rate where rows
     have it) against images seen; the legend under them, off the data. -> the figure and the share
@@ -199,7 +196,7 @@ def draw_curves(plt, arms, split, ticks, with_hits, titles, rows):
         for k, (arm, points) in enumerate(arms.items()):
             xs = sorted(x for x in points if key in points[x][0])
             if xs == [0]:  # a baseline: a horizontal line, its seeds' spread (± std) as a band
-                (m, s), = [mean_std([100 * r[key] for r in points[0]])]
+                m, s = mean_std([100 * r[key] for r in points[0]])
                 colour = BASELINE_COLOURS.get(arm, "tab:gray")
                 ax.axhline(m, ls="--", lw=1, color=colour, label=label(arm, points))
                 if s:
@@ -262,6 +259,9 @@ def draw_hit_rates(ax, arms, rows, curves):
     ax.set_title("landmark hit rate of semantic masking (val)", fontsize=10)
     ax.set_ylabel("landmarks in visible patches (%)")
     ax.grid(alpha=0.3)
+
+
+# ----------------------------------------------------------------------------- two arms compared
 
 
 def by_seed(rows, arm, epoch, key):

@@ -6,7 +6,7 @@ import torch
 
 import data
 from data_support.layouts import DatasetError
-from simfle import SimFLE, patchify
+from simfle import SimFLE, norm_pix_targets, patchify, reconstruction_loss
 from eval_support.common import loader
 
 
@@ -175,19 +175,25 @@ def unpatchify(x, p):
     return torch.einsum("bhwpqc->bchpwq", x).reshape(B, 3, h * p, h * p)
 
 
+def reconstruction_pictures(images, pred, mask, p):
+    """MAE's pictures of a reconstruction: images (B,3,H,W), FaceMAE's norm-pix predictions
+    (B,N,p·p·3), mask (B,N) (1 = masked) -> the visible patches and the reconstruction (B,3,H,W)
+    with the visible ones pasted in (masked ones de-normalised with the true patch statistics, as
+    MAE's figures do), in the images' normalised space; loss: L_r."""
+    target, mean, var = norm_pix_targets(images.float(), p)
+    patches, m = patchify(images.float(), p), mask[..., None]  # (B,N,p·p·3), (B,N,1)
+    filled = patches * (1 - m) + (pred.float() * (var + 1e-6) ** 0.5 + mean) * m
+    return dict(visible=unpatchify(patches * (1 - m), p), reconstruction=unpatchify(filled, p),
+                loss=reconstruction_loss(pred, target, mask))
+
+
 @torch.no_grad()
 def inspect_ffl(model, origin):
     """For figures, by the training code path (SimFLE.ffl): group maps (B,G,h,w), chosen group (B,),
-    scores (B,N), mask (B,N) (1 = masked), the visible patches and the reconstruction (B,3,H,W)
-    with the visible ones pasted in (masked ones de-normalised with the true patch statistics, as
-    MAE's figures do), in the normalised image space of `origin`; loss: L_r."""
+    scores (B,N), mask (B,N) (1 = masked), and reconstruction_pictures of FaceMAE's prediction."""
     if not model.config.use_facemae:
         raise ValueError("inspect_ffl needs a model with use_facemae=True")
-    p = model.config.patch_size
     out = model.ffl(origin)
-    m = out["mask"][..., None]  # (B,N,1)
-    pred = out["pred"].float() * (out["patch_var"] + 1e-6) ** 0.5 + out["patch_mean"]  # (B,N,p·p·3)
-    orig = patchify(origin.float(), p)
     return dict(maps=out["maps"], chosen=out["chosen"], scores=out["scores"], mask=out["mask"],
-                visible=unpatchify(orig * (1 - m), p),
-                reconstruction=unpatchify(orig * (1 - m) + pred * m, p), loss=out["reconstruction"])
+                **reconstruction_pictures(origin, out["pred"], out["mask"],
+                                          model.config.patch_size))

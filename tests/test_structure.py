@@ -2,6 +2,7 @@
 eval_support <- eval <- train_support <- train), one name in one place, and scripts that read in
 short steps."""
 import ast
+import functools
 import glob
 import os
 import re
@@ -22,6 +23,7 @@ OUTSIDE_THE_FLOORS = {"hubconf"}  # torch.hub's entry point: imports the model o
 # modules the benchmarks and tests import by their bare name (their folder on sys.path)
 SCRIPTS = {os.path.basename(p)[:-3]: p for folder in ("benchmarks", "tests")
            for p in glob.glob(os.path.join(ROOT, folder, "*.py"))}
+KNOWN = set(MODULES) | set(SCRIPTS) | set(PACKAGES)  # what a file may import from the project
 MODEL_FILE_LINES = 480  # simfle.py: the method, its losses and its config
 
 
@@ -143,26 +145,15 @@ def test_the_model_file_holds_the_method_in_a_few_hundred_lines():
     assert n <= MODEL_FILE_LINES, f"simfle.py: {n} lines"
 
 
-def defined_names(path):
-    """The names a module defines at its top level (def, class, assignment)."""
-    names = set()
-    for node in ast.parse(open(path).read()).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-    return names
-
-
+@functools.lru_cache(maxsize=None)  # read once per module, however many names are looked up in it
 def project_imports(path):
     """The names a module binds by importing them from a project module (what it could pass on)."""
-    known, names = set(MODULES) | set(SCRIPTS) | set(PACKAGES), set()
+    names = set()
     for node in ast.walk(ast.parse(open(path).read())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in known:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in KNOWN:
             names |= {a.asname or a.name for a in node.names}
         elif isinstance(node, ast.Import):
-            names |= {a.asname or a.name for a in node.names if a.name in known}
+            names |= {a.asname or a.name for a in node.names if a.name in KNOWN}
     return names
 
 
@@ -174,14 +165,14 @@ def borrowed_names(path):
     stored = {n.id for n in ast.walk(tree)
               if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     alias, found = {}, []
-    known = set(MODULES) | set(SCRIPTS)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            alias.update({a.asname or a.name: a.name for a in node.names if a.name in known})
+            alias.update({a.asname or a.name: a.name for a in node.names
+                          if a.name in KNOWN and a.name not in PACKAGES})
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in PACKAGES:
             alias.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
                           if f"{node.module}.{a.name}" in MODULES})  # from pkg import module [as x]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in known:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in KNOWN:
             passed_on = project_imports(module_file(node.module))
             found += [f"{node.module}.{a.name}" for a in node.names if a.name in passed_on]
     for node in ast.walk(tree):

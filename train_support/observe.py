@@ -118,7 +118,6 @@ def collapse_figures(z):
             "embedding_cosine": off_diagonal.item()}
 
 
-
 def gradient_shares(model, origin, view1, view2, scale=1.0):
     """Which loss trains the ResNet: each weighted term's gradient norm at the backbone's weights,
     as a share of their sum -> {grad_share_<term>: float}, adding up to 1. A term with no path into

@@ -39,7 +39,7 @@
 # section 14 does, on real faces, when you give it FER2013's file: SimCLR with your own NT-Xent, 4 epochs, a few
 # minutes. The paper's own scale (ResNet-50, 100 epochs, RAF-DB) needs a GPU and hours.
 #
-# **Run it** top to bottom. Measured on 2 CPU cores: about 10 minutes, 7.1 of them section 14's FER2013 run; without
+# **Run it** top to bottom. Measured on 2 CPU cores: about 11 minutes, 8.2 of them section 14's FER2013 run; without
 # FER2013's file (section 14 then skips) about 2.5 minutes. **On Colab**: *Runtime → Change runtime type → T4 GPU*
 # (any GPU; the CPU runtime works too, slower); the first code cell fetches the repository from `REPO_URL`,
 # the one place to set it, and uses the GPU when there is one (it never reinstalls torch). **Locally**:
@@ -116,7 +116,8 @@ import simfle
 import train                # section 14 runs train.py in this kernel
 from simfle import SimFLE, SimFLEConfig
 from data_support.device_augment import MEAN, STD     # the normalisation, to show images
-from eval_support.landmarks import central_patches, inspect_ffl, landmark_hit_rate, unpatchify
+from eval_support.landmarks import (central_patches, inspect_ffl, landmark_hit_rate, reconstruction_pictures,
+                                    unpatchify)
 from train_support.observe import collapse_figures, gradient_shares   # train.py's monitors
 
 torch.manual_seed(0)
@@ -450,16 +451,11 @@ MAE_STEPS = 200
 
 
 def mae_pictures(mae, images, ids_keep, mask, ids_restore):
-    """inspect_ffl's pictures for FaceMAE alone: the masked input, the reconstruction (visible patches pasted in,
-    masked ones de-normalised with the true patch statistics) and the masked-patch loss."""
-    p = cfg.patch_size
+    """inspect_ffl's pictures for FaceMAE alone (the same reconstruction_pictures): the masked input, the
+    reconstruction and the masked-patch loss."""
     with torch.no_grad():
-        pred = mae.decode(mae.encode(images, ids_keep), ids_restore).float()
-    target, mean, var = simfle.norm_pix_targets(images.float(), p)
-    patches, m = simfle.patchify(images.float(), p), mask[..., None]
-    filled = patches * (1 - m) + (pred * (var + 1e-6) ** 0.5 + mean) * m
-    return dict(visible=unpatchify(patches * (1 - m), p), reconstruction=unpatchify(filled, p),
-                loss=simfle.reconstruction_loss(pred, target, mask))
+        pred = mae.decode(mae.encode(images, ids_keep), ids_restore)
+    return reconstruction_pictures(images, pred, mask, cfg.patch_size)
 
 
 # a separate random stream: the sections after this one see the random numbers they would see without it
@@ -1281,7 +1277,7 @@ plt.show()
 # default `data/fer2013/` of the repository. On Colab, upload it there with the file browser (left bar), or
 # copy it from your Drive; if you have FER2013 as image folders (`train/angry/...`), `python
 # benchmarks/prepare_fer2013.py --from <folder> --out data/fer2013` writes the csv. Without it, this section
-# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **7.1 minutes on
+# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **8.2 minutes on
 # 2 CPU cores** (the outputs below), the verdict included; a GPU is faster (not measured here).
 
 # %%
