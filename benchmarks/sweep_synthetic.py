@@ -11,6 +11,13 @@ a linear probe on cached pooled features of the training faces (30 epochs, batch
 
 A configuration is "name:options". Finished (name, seed) pairs already in --out are skipped, so an
 interrupted sweep continues where it stopped; --table prints the table of everything in --out.
+
+--verdict keeps train.py's own verdict instead (what the quick start prints: the linear probe
+with its lr chosen on a train hold-out, and k-NN, against both random trunks of the same seed):
+
+    python benchmarks/sweep_synthetic.py --verdict \
+        --out benchmarks/results/quick_start_variants.jsonl \
+        --config "simclr:--gfl simclr" --seeds 0 1 2
 """
 import argparse
 import copy
@@ -28,6 +35,7 @@ import data  # noqa: E402
 import eval as evaluate  # noqa: E402
 import train  # noqa: E402
 from simfle import Backbone, SimFLEConfig  # noqa: E402
+from data_support.synthetic_faces import LOOKS
 from eval_support.common import load_checkpoint, pick_device
 
 
@@ -75,6 +83,26 @@ def baselines(seed, device, look="aligned"):
     return rows
 
 
+def run_verdict(name, options, seed, out_dir):
+    """train.py as a user runs it, with its verdict (the trunk and both random trunks, by the
+    linear probe and k-NN)."""
+    run_dir = os.path.join(out_dir, f"{name}-s{seed}")
+    t0 = time.time()
+    code = train.main(shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--overwrite"])
+    if code != 0:
+        return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}"}
+    with open(os.path.join(run_dir, "probe_vs_random_synthetic.json")) as f:
+        verdict = json.load(f)
+    row = {"name": name, "options": options, "seed": seed, "wall_seconds": time.time() - t0,
+           "verdict": True}
+    for probe in ("linear", "knn"):
+        accs = {trunk: verdict[trunk][probe]["accuracy"]
+                for trunk in ("pretrained", "random", "random, BN")}
+        row[probe] = accs
+        row[f"{probe}_gain"] = accs["pretrained"] - max(accs["random"], accs["random, BN"])
+    return row
+
+
 def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None):
     """Pretrain with train.py (unless `seconds` is given: then the finished run in its folder is
     probed again)."""
@@ -103,26 +131,54 @@ def run_one(name, options, seed, out_dir, device, probe_size=None, seconds=None)
             "val_accuracy": acc, "random_val_accuracy": random_acc, "gain": acc - random_acc}
 
 
-def table(rows):
-    by_name = {}
+def mean_std(values):
+    """Accuracies (fractions) -> "mean ± std" in percent (the mean alone for one value)."""
+    values = [100 * v for v in values]
+    spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.1f}{spread}"
+
+
+def by_config(rows):
+    """name -> its rows, in the order first seen."""
+    out = {}
     for r in rows:
-        if "error" not in r:
-            by_name.setdefault(r["name"], []).append(r)
+        out.setdefault(r["name"], []).append(r)
+    return out
+
+
+def verdict_table(rows):
+    """The verdict rows: each probe's accuracy of the trunk, of the better random trunk (per
+    seed), and the gain."""
+    lines = ["| configuration | options | seeds | wall (s) | linear: trunk | better random | "
+             "gain | k-NN: trunk | better random | gain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, rs in by_config(rows).items():
+        cells = []
+        for probe in ("linear", "knn"):
+            better = [max(r[probe]["random"], r[probe]["random, BN"]) for r in rs]
+            cells += [mean_std([r[probe]["pretrained"] for r in rs]), mean_std(better),
+                      mean_std([r[f"{probe}_gain"] for r in rs])]
+        lines.append(f"| {name} | `{rs[0]['options'] or '(defaults)'}` | "
+                     f"{','.join(str(r['seed']) for r in rs)} | "
+                     f"{statistics.mean(r['wall_seconds'] for r in rs):.0f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table(rows):
+    if rows and all(r.get("verdict") for r in rows):
+        return verdict_table([r for r in rows if "error" not in r])
     lines = ["| configuration | options | seeds | steps | train.py wall (s) | val probe (%) | "
              "random trunk (%) | gain (points) |",
              "|---|---|---|---|---|---|---|---|"]
-
-    def ms(values):
-        values = [100 * v for v in values]
-        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.1f}{spread}"
-    for name, rs in by_name.items():
+    kept = [r for r in rows if "error" not in r and not r.get("verdict")]
+    for name, rs in by_config(kept).items():
         lines.append(f"| {name} | `{rs[0]['options'] or '(defaults)'}` | "
                      f"{','.join(str(r['seed']) for r in rs)} | "
                      f"{rs[0]['steps']} | {statistics.mean(r['train_seconds'] for r in rs):.0f} | "
-                     f"{ms([r['val_accuracy'] for r in rs])} | "
-                     f"{ms([r['random_val_accuracy'] for r in rs])} | "
-                     f"{ms([r['gain'] for r in rs])} |")
+                     f"{mean_std([r['val_accuracy'] for r in rs])} | "
+                     f"{mean_std([r['random_val_accuracy'] for r in rs])} | "
+                     f"{mean_std([r['gain'] for r in rs])} |")
     return "\n".join(lines)
 
 
@@ -137,13 +193,18 @@ def main():
     p.add_argument("--table", action="store_true", help="only print the table of --out")
     p.add_argument("--baselines", action="store_true",
                    help="only print the untrained baselines on val")
+    p.add_argument("--look", default="aligned", choices=list(LOOKS),
+                   help="the faces of --baselines")
+    p.add_argument("--verdict", action="store_true",
+                   help="keep train.py's own verdict (the quick start's) instead of this "
+                        "script's probe")
     p.add_argument("--probe-size", type=int, default=None,
                    help="probe the finished runs of --config again at this image size (no "
                         "training)")
     args = p.parse_args()
     if args.baselines:
         for seed in args.seeds:
-            for name, acc in baselines(seed, pick_device(args.device)).items():
+            for name, acc in baselines(seed, pick_device(args.device), args.look).items():
                 print(f"| {name} | {seed} | {100 * acc:.1f} |")
         return
     rows = [json.loads(line) for line in open(args.out)] if os.path.isfile(args.out) else []
@@ -161,6 +222,8 @@ def main():
                                   done[name, seed]["train_seconds"])
                 elif (name, seed) in done:
                     continue
+                elif args.verdict:
+                    row = run_verdict(name, options, seed, args.runs)
                 else:
                     row = run_one(name, options, seed, args.runs, device)
                 print(json.dumps(row), flush=True)

@@ -47,7 +47,7 @@ AU_NOISE = 0.15  # spread of every action unit around its class prototype
 EXTENT = 1.6  # face units from the image centre to its edge, at scale 1
 # aligned look: eye centres at 32 % / 68 % of the width, 35 % of the height
 ALIGNED_EYE_DX, ALIGNED_EYE_Y = 0.36, -0.3
-LOOKS = ("aligned", "scene")
+LOOKS = ("aligned", "scene", "wild")
 SKIN = np.array([[0.98, 0.84, 0.72], [0.36, 0.22, 0.15]], dtype=np.float32)  # lightest, darkest
 HAIR = np.array([[0.08, 0.06, 0.05], [0.32, 0.2, 0.11], [0.8, 0.64, 0.36], [0.55, 0.22, 0.08],
                  [0.68, 0.68, 0.66]], dtype=np.float32)
@@ -162,11 +162,12 @@ def _scene(rng, n, look, f):
     eye_y, eye_dx = f.eye_y, f.eye_dx
     # nuisances: pose, background, lighting, noise
     # the eye centres land near (±ALIGNED_EYE_DX, ALIGNED_EYE_Y) in [-1, 1] image units
-    if look == "aligned":
-        scale = EXTENT * ALIGNED_EYE_DX / eye_dx * u(0.95, 1.05)
+    if look in ("aligned", "wild"):  # wild: a face detector's loose crop, not an aligned one
+        zoom, roll, shift = ((0.95, 1.05), 5, 0.03) if look == "aligned" else ((0.7, 1.1), 25, 0.2)
+        scale = EXTENT * ALIGNED_EYE_DX / eye_dx * u(*zoom)
         k = EXTENT / scale
-        cv = _Canvas(n, math.radians(u(-5, 5)), scale, (u(-0.03, 0.03),
-                                                        ALIGNED_EYE_Y - eye_y / k + u(-0.03, 0.03)))
+        cv = _Canvas(n, math.radians(u(-roll, roll)), scale,
+                     (u(-shift, shift), ALIGNED_EYE_Y - eye_y / k + u(-shift, shift)))
     else:
         cv = _Canvas(n, math.radians(u(-15, 15)), u(0.85, 1.15), u(-0.1, 0.1, 2))
     x, y, noise = _pixel_grid(n)
@@ -307,7 +308,9 @@ def draw_face(rng, label, n, look="aligned"):
 
     look "aligned": a tight, aligned face crop as RAF-DB's aligned/, AffectNet's and FERPlus's faces
     are (the face fills the frame, the eyes at a fixed height and distance, ±5° of roll); "scene":
-    head and shoulders in a cluttered scene, ±15° of roll, 0.85-1.15 scale.
+    head and shoulders in a cluttered scene, ±15° of roll, 0.85-1.15 scale; "wild": a face
+    detector's loose crop (0.7-1.1 scale, ±25° of roll, shifted by up to a tenth of the frame) on
+    clutter, harsher light, and in 40 % of faces an occluder.
     """
     u = rng.uniform
     au = EXPRESSIONS[label] * u(0.3, 1.0) + rng.normal(0, AU_NOISE,
@@ -332,8 +335,11 @@ def draw_face(rng, label, n, look="aligned"):
             cv.draw_ellipse(s * eye_dx, eye_y + 0.02, eye_w + 0.08, 0.16, frame, ring=0.03)
         cv.draw_band(0, eye_dx - eye_w - 0.08, (eye_y - 0.04, 0, 0), (eye_y - 0.01, 0, 0), frame)
 
-    # lighting gradient, exposure, sensor noise
-    phi, grad = u(0, 2 * math.pi), u(0, 0.35)
+    if look == "wild" and u() < 0.4:  # an occluder (a hand, a cup, a microphone) on the face
+        cv.draw_ellipse(u(-0.9, 0.9), u(-0.5, 1.1), u(0.15, 0.45), u(0.15, 0.45),
+                        rng.uniform(0, 1, 3) if u() < 0.5 else f.skin * u(0.8, 1.1))
+    # lighting gradient, exposure, sensor noise (wild: harsher)
+    phi, grad = u(0, 2 * math.pi), u(0, 0.35 if look != "wild" else 0.8)
     light = u(0.75, 1.15) * (1 + grad * (x * math.cos(phi) + y * math.sin(phi)))
     ox, oy = rng.integers(n, size=2)
     img = cv.img * light + u(0.005, 0.04) * noise[:, oy:oy + n, ox:ox + n]

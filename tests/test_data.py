@@ -360,7 +360,8 @@ def test_rendered_faces_are_the_drawn_faces():
 
 def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
     """Aligned faces: eye centres within a few percent of their fixed place, as in aligned face
-    crops; the scene look lets head position, roll and scale vary far more."""
+    crops; the scene and wild looks let head position, roll and scale vary far more (the wild
+    look's faces still fill most of the frame: their eyes stay inside it)."""
     def eye_spread(look):
         ds = data.get_dataset("synthetic", synthetic_count=60, synthetic_size=100,
                               synthetic_look=look)
@@ -371,6 +372,8 @@ def test_aligned_look_puts_the_eyes_in_place_and_scene_look_does_not():
                            [0.5 + ALIGNED_EYE_DX / 2, 0.5 + ALIGNED_EYE_Y / 2]])
     assert (eyes.mean(0) - target).abs().max() < 0.02 and spread < 0.03
     assert eye_spread("scene")[1] > 2 * spread
+    wild_eyes, wild_spread = eye_spread("wild")
+    assert wild_spread > 2 * spread and ((wild_eyes > 0) & (wild_eyes < 1)).float().mean() > 0.95
     with pytest.raises(DatasetError, match="look"):
         data.get_dataset("synthetic", synthetic_look="cartoon")
 

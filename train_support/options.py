@@ -87,8 +87,8 @@ def build_parser():
     add("--num-synthetic", type=int, default=None,
         help="size of the synthetic training set (default: 4000)")
     add("--look", default="aligned", choices=list(LOOKS),
-        help="synthetic faces: aligned face crops (as RAF-DB's aligned/) or head-and-shoulders "
-             "scenes")
+        help="synthetic faces: aligned face crops (as RAF-DB's aligned/), head-and-shoulders "
+             "scenes, or wild: a face detector's loose crops with pose, light and occluders")
     add("--crop-scale", type=float, default=None,
         help=f"smallest area of a view's RandomResizedCrop ({per_preset('crop_scale')})")
     add("--augment", default=None, choices=["loader", "device"],
