@@ -305,3 +305,68 @@ def test_make_help_works_without_the_notebook_packages():
     code = code.replace("'--help'", "'--check'")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "needs nbformat" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_model_pieces_are_the_ones_make_stubs():
+    """exercises.LIBRARY (what `use` swaps in simfle.py) and make.py's MODEL_EXERCISES (what --stub-model stubs) name
+    the same functions of simfle.py."""
+    assert set(exercises.LIBRARY) == set(builder().MODEL_EXERCISES) == {n for n in IMPLEMENT if hasattr(simfle, n)}
+
+
+@pytest.mark.parametrize("name", [n for n in IMPLEMENT if hasattr(simfle, n)])
+def test_use_puts_a_passing_answer_in_the_model_and_takes_anything_else_out(name, monkeypatch, capsys):
+    """A passing answer becomes simfle.<name> (the model calls it); a stub or a wrong answer puts simfle.py's own back;
+    and once an answer is in place, its checker still grades it, not the function it replaced."""
+    needs_solutions()
+    own = exercises.LIBRARY[name]
+    monkeypatch.setattr(simfle, name, own)  # put back after the test, whatever `use` does
+    answer = getattr(solutions, name)
+    assert exercises.use(answer) is answer and getattr(simfle, name) is answer
+    out = capsys.readouterr().out
+    assert out.startswith(f"PASS {name}") and f"from here on the model runs your {name}" in out
+    assert exercises.failures(answer) == []  # graded against simfle.py's own, not against itself
+    assert exercises.failures(getattr(simfle, name), name) == []
+    assert exercises.use(STUBS[name]) is None and getattr(simfle, name) is own
+    out = capsys.readouterr().out
+    assert out.startswith(f"NOT DONE {name}") and f"the model runs simfle.py's own {name}" in out
+    assert out.count("NOT DONE") == 1  # the notebook's test counts one per exercise
+    exercises.use(answer)
+    assert getattr(simfle, name) is answer
+    capsys.readouterr()
+
+    def wrong(*args):
+        raise RuntimeError("a bug")
+    assert exercises.use(wrong, name) is None and getattr(simfle, name) is own
+    assert capsys.readouterr().out.startswith(f"FAIL {name}")
+
+
+def test_the_model_runs_the_answer_that_use_put_in_place(monkeypatch):
+    """What the notebook relies on: after exercises.use, a SimFLE forward calls the student's functions."""
+    needs_solutions()
+    calls = []
+    for name in exercises.LIBRARY:
+        monkeypatch.setattr(simfle, name, exercises.LIBRARY[name])
+
+        def spy(*args, _answer=getattr(solutions, name), _name=name):
+            calls.append(_name)
+            return _answer(*args)
+        spy.__name__ = name
+        monkeypatch.setattr(exercises, "failures", lambda fn, name=None: [])  # the spy is graded as passing
+        exercises.use(spy)
+    torch.manual_seed(0)
+    for gfl in ("byol", "simclr"):
+        model = simfle.SimFLE(simfle.SimFLEConfig.preset("tiny", gfl=gfl, width=0.25)).train()
+        x = torch.rand(2, 3, 112, 112)
+        loss, _ = model(x, torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))
+        assert torch.isfinite(loss)
+    assert set(calls) == set(exercises.LIBRARY), sorted(set(calls))
+
+
+def test_use_returns_ema_update_for_the_notebook_to_call(capsys):
+    """ema_update is not a function of simfle.py: `use` grades it and hands it back (None until it passes)."""
+    needs_solutions()
+    assert exercises.use(solutions.ema_update) is solutions.ema_update
+    assert "from here on the notebook runs your ema_update" in capsys.readouterr().out
+    assert exercises.use(STUBS["ema_update"]) is None
+    out = capsys.readouterr().out
+    assert out.count("NOT DONE") == 1 and "from here on the notebook runs simfle.py's own code" in out

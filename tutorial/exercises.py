@@ -1,10 +1,11 @@
 """
-Checkers for the tutorial's exercises (tutorial.ipynb, section 11): you write a piece of SimFLE, a checker runs
-cases modelled on the meaning tests of tests/test_simfle.py against your function and prints PASS, or the
-cases it fails and why (calling simfle.py's own version is not an answer).
+Checkers for the tutorial's exercises (tutorial.ipynb, beside the sections they belong to): you write a piece of
+SimFLE, a checker runs cases modelled on the meaning tests of tests/test_simfle.py against your function and prints
+PASS, or the cases it fails and why (calling simfle.py's own version is not an answer).
 
     import exercises
     exercises.check(keep_top_patches)                      # an "implement it" exercise, found by its name
+    yours = exercises.use(keep_top_patches)                # the same, and once it passes the model runs yours
     exercises.check_measurement(grouping_share, history)   # a measurement question, against the log
 
 Ask your instructor for the answers, or read the source of the piece in simfle.py, after your own attempt.
@@ -300,6 +301,10 @@ def _(fn):
 
 # ----------------------------------------------------------------------------- running the cases
 
+# simfle.py's own versions of the pieces the exercises ask for, as imported: `use` puts a student's function in their
+# place and back, and a student's function is compared with these, never with what `use` put there
+LIBRARY = {name: getattr(simfle, name) for name in CASES if hasattr(simfle, name)}
+
 
 def failures(fn, name=None):
     """Run the cases of the exercise `name` (default: fn's name) on fn -> [(case, why it failed)]; [] = all pass."""
@@ -324,7 +329,7 @@ def failures(fn, name=None):
 def uses_the_library(fn, name):
     """Whether fn is simfle.py's own `name`, or its body calls it (simfle.name(...), x.name(...)): a checker that
     compares with the project would pass it without the student writing anything."""
-    library = getattr(simfle, name, None)
+    library = LIBRARY.get(name, getattr(simfle, name, None))
     if fn is library:
         return True
     # a name of fn's module bound to the library function (from simfle import simclr_loss as f), in fn or in a
@@ -346,7 +351,7 @@ def uses_the_library(fn, name):
 
 
 def check(fn, name=None):
-    """Print PASS, or each failing case and why, for the exercise `name` (default: fn's name)."""
+    """Print PASS, or each failing case and why, for the exercise `name` (default: fn's name). -> whether it passed"""
     name = name or fn.__name__
     failed = failures(fn, name)
     if not failed:
@@ -357,6 +362,24 @@ def check(fn, name=None):
         print(f"FAIL {name}: {len(failed)} of {len(CASES[name])} cases")
         for what, why in failed:
             print(f"  case: {what}\n    {why}")
+    return not failed
+
+
+def use(fn, name=None):
+    """check(fn), then: when it passes, fn takes the place of simfle.py's piece of the same name (simfle.<name>,
+    which the model calls), so that the cells below run yours; when it does not, simfle.py's own goes back there.
+    -> fn when it passed, else None (ema_update is not a function of simfle.py: the notebook calls what this returns)
+    """
+    name = name or fn.__name__
+    passed = check(fn, name)
+    if name in LIBRARY:
+        setattr(simfle, name, fn if passed else LIBRARY[name])
+        whose = f"your {name}" if passed else f"simfle.py's own {name} (yours once this checker passes)"
+        print(f"  from here on the model runs {whose}")
+    else:
+        whose = f"your {name}" if passed else "simfle.py's own code in its place (yours once this checker passes)"
+        print(f"  from here on the notebook runs {whose}")
+    return fn if passed else None
 
 
 # ----------------------------------------------------------------------------- measurement questions

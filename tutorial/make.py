@@ -208,7 +208,7 @@ def student(out_dir, stub_model=False, root=ROOT):
         with open(path) as f:
             text = f.read()
         with open(path, "w") as f:
-            f.write(stub_functions(text, MODEL_EXERCISES, "an exercise: write it in tutorial.ipynb (section 11), "
+            f.write(stub_functions(text, MODEL_EXERCISES, "an exercise: write it in tutorial.ipynb (beside its section), "
                                                           "then here"))
     return os.path.join(out_dir, "tutorial.ipynb")
 

@@ -1,5 +1,5 @@
 """
-Solutions to the exercises of tutorial.ipynb (section 11), for instructors. Try them yourself first:
+Solutions to the exercises of tutorial.ipynb (beside their sections), for instructors. Try them yourself first:
 exercises.check(fn) tells you whether your version passes. Each solution is what simfle.py does, written out for
 one piece. The notebook's test runs them in the notebook's kernel after the stubs; `python tutorial/make.py
 --student DIR` builds a copy of the course without this file (tests that need it then skip).

@@ -39,13 +39,14 @@
 # section 14 does, on real faces, when you give it FER2013's file: SimCLR with your own NT-Xent, 4 epochs, a few
 # minutes. The paper's own scale (ResNet-50, 100 epochs, RAF-DB) needs a GPU and hours.
 #
-# **Run it** top to bottom. Measured on 2 CPU cores: about 11 minutes, 8.2 of them section 14's FER2013 run; without
+# **Run it** top to bottom. Measured on 2 CPU cores: about 10 minutes, 7.5 of them section 14's FER2013 run; without
 # FER2013's file (section 14 then skips) about 2.5 minutes. **On Colab**: *Runtime → Change runtime type → T4 GPU*
 # (any GPU; the CPU runtime works too, slower); the first code cell fetches the repository from `REPO_URL`,
 # the one place to set it, and uses the GPU when there is one (it never reinstalls torch). **Locally**:
 # `pip install -r requirements.txt jupyterlab`, then open `tutorial.ipynb` from the repository's folder (or in
-# VS Code); `REPO_URL` is not needed. Section 11 has six exercises, each graded by a checker: **you** write
-# five functions of `simfle.py` and its EMA update, among them NT-Xent, the loss that learns.
+# VS Code); `REPO_URL` is not needed. Six exercises, each graded by a checker, sit beside the sections they belong
+# to: **you** write five functions of `simfle.py` and its EMA update, among them NT-Xent, the loss that learns, and
+# once a checker passes the cells after it run your function; section 11 asks three questions of the training log.
 
 # %% [markdown] tags=["instructor"]
 # *For instructors*: the answers are in `tutorial/solutions.py`; `python tutorial/make.py --student DIR`
@@ -107,10 +108,12 @@ import json
 import time
 
 import matplotlib.pyplot as plt
+import torch.nn.functional as F   # for your answers to the exercises
 from IPython.display import Image, display
 from torch.utils.data import DataLoader
 
 import data                # faces, augmentations
+import exercises           # the exercises' checkers (tutorial/exercises.py)
 import eval as evaluate    # the probes (imported under another name: `eval` is a Python builtin)
 import simfle
 import train                # section 14 runs train.py in this kernel
@@ -196,8 +199,9 @@ def weighted_terms(parts, c=cfg):
 # 7 expressions of RAF-DB (made of facial action units: brows raised, lip corners pulled, ...) and 15
 # landmarks (brows, eyes, nose, mouth). By default they look like RAF-DB's *aligned* faces: the face fills
 # the frame and the eyes sit at a fixed height (`synthetic_look="scene"` gives head-and-shoulders pictures with
-# clutter instead). Identity (face shape, skin, hair, glasses, beard), a little pose and the lighting vary, so
-# only local cues tell the expressions apart. Each item is a uint8 image, a label and the landmarks in pixels.
+# clutter instead, and `"wild"` a face detector's loose crops with pose, harsh light and occluders). Identity (face
+# shape, skin, hair, glasses, beard), a little pose and the lighting vary, so only local cues tell the expressions
+# apart. Each item is a uint8 image, a label and the landmarks in pixels.
 
 # %%
 train_faces = data.get_dataset("synthetic", split="train", synthetic_count=500)
@@ -286,6 +290,38 @@ plt.show()
 # correlation between two groups' maps, and how many *different* sets of 12 visible patches the 32 groups
 # would give a face (1: whichever group is drawn, the mask is the same). Section 7 shows both after training.
 
+# %% [markdown]
+# ### Exercise 1 ★ — the grouping loss
+#
+# **The exercises.** Six pieces of SimFLE sit beside the sections that explain them (this one here, the others in
+# sections 4, 5, 6 and 8): five functions of `simfle.py` and its EMA update, the last of them NT-Xent, the loss that does the learning.
+# Fill in the stub (replace `raise NotImplementedError`), run its cell, then run the checker below it:
+# `exercises.use` runs cases modelled on the project's tests (`tests/test_simfle.py`: exact mask counts, which
+# patches stay visible, the EMA formula, the reference values of each loss) against *your* function and prints
+# **PASS**, or each failing case with what it expected and what it got; until you fill a stub in it says **NOT
+# DONE**, and calling `simfle.py`'s own version is not an answer. Once a checker passes, **the cells after it run
+# your function**: the model calls `simfle.<name>`, and the checker puts yours there (it says so). Until then they
+# run `simfle.py`'s own, so the notebook runs top to bottom either way. The stars grade the difficulty.
+#
+# This one is the l_g above: l_g = 0.001 · Σ (S − T)² / (C/512)², where S is the (C, C) channel similarity matrix
+# and T is block-diagonal with `groups` blocks of ones (C/groups channels each). *Hint:* `torch.block_diag`. The
+# checker also asks for the value with every channel alike: the l_g = 254 above. The pictures below print l_g
+# with the grouping loss the model runs: yours once this passes.
+
+# %% [markdown] tags=["instructor"]
+# *For instructors*: the answers are in `tutorial/solutions.py`. The notebook's test runs every checker
+# against them; `python tutorial/make.py --student DIR` leaves them out of a student copy.
+
+# %% exercise="grouping_loss"
+def grouping_loss(sim, groups):
+    """S (C,C), G groups -> the scalar l_g."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+exercises.use(grouping_loss)
+
+
 # %%
 def group_spread(out):
     """How alike the G group maps of each face are -> (smallest over the faces of the mean correlation between
@@ -355,6 +391,28 @@ print(f"l_g = {l_g_before:.1f} (what the model's loss logs is its square, l_g² 
 # nearest the image centre for every face (`eval.central_patches`). The faces are aligned, so the landmarks
 # crowd the centre: a mask has learned something about faces only if it beats the central one.
 
+# %% [markdown]
+# ### Exercise 2 ★★ — keep the most activated patches
+#
+# The last step of semantic masking: given one score per patch, keep the `num_keep` best visible and mask the rest,
+# with MAE's bookkeeping. `mask` is 1 for a masked patch, 0 for a visible one, in the image's patch order.
+# `ids_restore` is the permutation that puts the decoder's tokens (the kept ones first, then the masked ones)
+# back in image order; its inverse, `argsort(ids_restore)`, is that token order (the *shuffle*). `ids_keep`
+# are the kept patches: which order among themselves is yours to choose (best first is natural), but it must
+# be the order the shuffle starts with, `ids_keep == argsort(ids_restore)[:, :num_keep]`, because the encoder's
+# tokens come out in `ids_keep`'s order and `ids_restore` puts them back. *Hint:* `torch.argsort` twice. Once it
+# passes, your function draws the masks below (semantic and random alike) and every mask of the later sections.
+
+# %% exercise="keep_top_patches"
+def keep_top_patches(scores, num_keep):
+    """scores (B,N) -> ids_keep (B,K), mask (B,N) with 1 = masked, ids_restore (B,N)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+exercises.use(keep_top_patches)
+
+
 # %%
 random_model = SimFLE(SimFLEConfig.preset("tiny", masking="random")).to(DEVICE).eval()
 random_model.load_state_dict(model.state_dict())   # the same weights: only the choice of patches differs
@@ -377,6 +435,8 @@ def show_masks(semantic, random, title, faces=6):
     plt.show()
 
 
+torch.manual_seed(0)
+before = inspect_ffl(model, origin)   # section 3's draw again, its masks now from the keep_top_patches the model runs
 torch.manual_seed(0)
 before_random = inspect_ffl(random_model, origin)
 visible = (1 - before["mask"]).sum(1).int()   # mask: 1 = masked
@@ -420,6 +480,24 @@ hit_rates(hits_before, "untrained model")
 # as MAE's own demo does: the colours in the reconstruction row are the original's, even before training,
 # and only the structure inside each masked patch is FaceMAE's. Untrained, that structure is noise.
 
+# %% [markdown]
+# ### Exercise 3 ★★ — the norm-pix targets
+#
+# FaceMAE's targets: cut the images into p×p patches in MAE's order (`simfle.patchify`), then normalise each patch
+# by its own mean and variance: (t − mean) / (var + 1e-6)^½, with the variance of `torch.var` (as MAE). Return the
+# targets and each patch's mean and variance (the reconstruction pictures un-normalise predictions with them).
+# Once it passes, the masked-patch losses below, and FaceMAE's training in this section, use your targets.
+
+# %% exercise="norm_pix_targets"
+def norm_pix_targets(imgs, p):
+    """(B,3,H,W) -> targets (B,N,p*p*3), mean (B,N,1), var (B,N,1)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+exercises.use(norm_pix_targets)
+
+
 # %%
 def show_reconstruction(out, title, faces=6):
     fig, axes = panels(3, faces, 1.3, row_names=["masked input", "reconstruction", "original"])
@@ -432,6 +510,8 @@ def show_reconstruction(out, title, faces=6):
     plt.show()
 
 
+torch.manual_seed(0)
+before = inspect_ffl(model, origin)   # the same draw again: its masked-patch loss from the norm_pix_targets the model runs
 print(f"encoder: {cfg.num_visible} visible patches + CLS -> {cfg.enc_dim}-wide tokens; "
       f"decoder: {cfg.num_patches} patches of {cfg.patch_size}x{cfg.patch_size}x3 pixels")
 show_reconstruction(before, "FaceMAE before training")
@@ -557,10 +637,38 @@ print(f"same face {same:.3f} vs other faces {others:.3f}; cosine between two dif
 
 # %% [markdown]
 # The **target** is never trained by gradients. After every optimizer step, `model.update_target()` moves it
-# a little towards the online network: target ← m·target + (1 − m)·online, with m = 0.99. One step on a copy
-# of the model shows both facts:
+# a little towards the online network: target ← m·target + (1 − m)·online, with m = 0.99. You write that update
+# first; then one step on a copy of the model shows both facts.
+
+# %% [markdown]
+# ### Exercise 4 ★ — the EMA target
+#
+# The update after every optimizer step: every parameter of `target` becomes m·target + (1 − m)·online, in place,
+# without building an autograd graph, and without touching `online`. *Hint:* `torch.no_grad()` and
+# `zip(online.parameters(), target.parameters())`. `ema_update` is not a function of `simfle.py` (it is the loop
+# inside `SimFLE.update_target`): once it passes, the cell below and section 7's training loop call yours on the
+# model's two online / target pairs, the backbone and the projector.
+
+# %% exercise="ema_update"
+def ema_update(online, target, m):
+    """Move every parameter of the module `target` towards the module `online`: target = m*target + (1-m)*online."""
+    raise NotImplementedError  # your code here
+
 
 # %%
+your_ema_update = exercises.use(ema_update)   # None until it passes
+
+
+# %%
+def ema_step(model):
+    """The EMA step after each optimizer step: your ema_update (exercise 4) on the model's two online / target pairs
+    once it passes, else the model's own update_target (the same arithmetic)."""
+    if your_ema_update is None or model.target_backbone is None:
+        return model.update_target()
+    for online, target in ((model.backbone, model.target_backbone), (model.projector, model.target_projector)):
+        your_ema_update(online, target, model.config.ema)
+
+
 demo = copy.deepcopy(model).train()
 loss, parts = demo(origin, view1, view2)
 loss.backward()
@@ -568,7 +676,7 @@ print("gradient reaching the target backbone:", any(p.grad is not None for p in 
 torch.optim.SGD(demo.parameters(), lr=0.05).step()
 online = torch.nn.utils.parameters_to_vector(demo.backbone.parameters())
 target_before = torch.nn.utils.parameters_to_vector(demo.target_backbone.parameters())
-demo.update_target()
+ema_step(demo)   # your ema_update once exercise 4 passes
 target_after = torch.nn.utils.parameters_to_vector(demo.target_backbone.parameters())
 moved = (target_after - target_before).norm() / (online - target_before).norm()
 print(f"the target moved {moved:.4f} of the way to the online network (1 - m = {1 - cfg.ema:.2f})")
@@ -586,6 +694,24 @@ del demo
 # `torch.no_grad()`, and argsort (which patches stay visible) has no gradient. The cell below measures it:
 # one term at a time (the other weights set to 0), one backward pass, and the size of the gradient that lands
 # in the backbone, the grouping layer and FaceMAE.
+
+# %% [markdown]
+# ### Exercise 5 ★★ — the distillation loss
+#
+# KD(w, t) = T² · KL(softmax(t/T) ‖ softmax(w/T)), averaged over the batch: the teacher t is the first argument
+# of the KL. *Hint:* `F.kl_div` takes the student's *log*-probabilities first; mind its `reduction`. The T² keeps
+# the gradient's size independent of T (Hinton et al.). Once it passes, the cell below and every later training
+# step compute L_d with yours.
+
+# %% exercise="distillation_loss"
+def distillation_loss(w, t, temperature):
+    """Student logits w (B,d), teacher logits t (B,d), temperature T -> the scalar KD loss."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+exercises.use(distillation_loss)
+
 
 # %%
 with torch.no_grad():
@@ -682,7 +808,7 @@ def pretrain(model, steps, batch_size=BATCH, seed=0, quiet=False):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            model.update_target()   # EMA after every optimizer step (a no-op without a target: SimCLR)
+            ema_step(model)   # EMA after every optimizer step (a no-op without a target: SimCLR); yours, exercise 4
             record = weighted_terms(parts, model.config)
             if model.target_backbone is not None:   # how far the EMA target lags behind
                 record["online - target"] = (torch.nn.utils.parameters_to_vector(model.backbone.parameters())
@@ -803,6 +929,28 @@ print(f"same face {same:.3f} vs other faces {others:.3f}; cosine between two dif
 # things to compare: each run's own loss, and what the kept trunk gives. For the trunk, 64 test faces with two
 # views each: does a view's nearest neighbour among the other 127 views (cosine of the trunk's pooled
 # features) belong to the same face? Chance is 1 in 127.
+
+# %% [markdown]
+# ### Exercise 6 ★★ — NT-Xent, the loss that learns (SimCLR)
+#
+# Stack the two views' projections into 2B rows, normalise each row to unit length (so that dot products are
+# cosines), and divide the (2B, 2B) matrix of cosines by the temperature. Row i's partner, the other view of the
+# same face, is row i + B for the first B rows and row i − B for the others. Each row is a classification among
+# the **2B − 1 other** rows: a view may not pick itself, so the diagonal must drop out of the softmax (set it to
+# −∞, not to 0). The loss is the cross-entropy of picking the partner, averaged over all 2B rows. *Hint:*
+# `F.normalize`, `masked_fill` or `fill_diagonal_`, `F.cross_entropy`. `SimFLE.gfl_loss` calls it with
+# temperature 0.1 (`simclr_temperature`) on the projector's outputs. Once it passes, the SimCLR run below trains
+# with yours, and so does section 14 on real faces.
+
+# %% exercise="simclr_loss"
+def simclr_loss(z1, z2, temperature):
+    """Projections of view 1 and view 2 (B,d), temperature T -> the scalar NT-Xent loss over the 2B views."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+exercises.use(simclr_loss)
+
 
 # %%
 GFL_STEPS = 12
@@ -962,139 +1110,11 @@ if _exit_code:   # IPython's exit status of the `!` command: stop here, with tra
 display(Image(filename=os.path.join(run_dir, "curves.png"), width=900))
 
 # %% [markdown]
-# ## 11. Exercises
+# ## 11. Exercises: questions the log answers
 #
-# **Implement it.** Six pieces of the paper (five functions of `simfle.py` and its EMA update) that you write from the
-# paper's description; the sixth, NT-Xent, is the loss that does the learning. Fill in the stub (replace
-# `raise NotImplementedError`), run its cell, then run the checker below it: `exercises.check` runs cases
-# modelled on the project's tests (`tests/test_simfle.py`: exact mask counts, which patches stay visible, the
-# EMA formula, the reference values of each loss) against *your* function and prints **PASS**, or each
-# failing case with what it expected and what it got. Until you fill a stub in, its checker says **NOT DONE**;
-# calling `simfle.py`'s own version is not an answer. The stars grade the difficulty.
-
-# %% [markdown] tags=["instructor"]
-# *For instructors*: the answers are in `tutorial/solutions.py`. The notebook's test runs every checker
-# against them; `python tutorial/make.py --student DIR` leaves them out of a student copy.
-
-# %%
-import torch.nn.functional as F   # for your solutions
-
-import exercises                  # the checkers (tutorial/exercises.py)
-
-
-# %% [markdown]
-# ### Exercise 1 ★★ — keep the most activated patches (semantic masking)
-#
-# Section 4's last step: given one score per patch, keep the `num_keep` best visible and mask the rest, with
-# MAE's bookkeeping. `mask` is 1 for a masked patch, 0 for a visible one, in the image's patch order.
-# `ids_restore` is the permutation that puts the decoder's tokens (the kept ones first, then the masked ones)
-# back in image order; its inverse, `argsort(ids_restore)`, is that token order (the *shuffle*). `ids_keep`
-# are the kept patches: which order among themselves is yours to choose (best first is natural), but it must
-# be the order the shuffle starts with, `ids_keep == argsort(ids_restore)[:, :num_keep]`, because the encoder's
-# tokens come out in `ids_keep`'s order and `ids_restore` puts them back. *Hint:* `torch.argsort` twice.
-
-# %% exercise="keep_top_patches"
-def keep_top_patches(scores, num_keep):
-    """scores (B,N) -> ids_keep (B,K), mask (B,N) with 1 = masked, ids_restore (B,N)."""
-    raise NotImplementedError  # your code here
-
-
-# %%
-exercises.check(keep_top_patches)
-
-
-# %% [markdown]
-# ### Exercise 2 ★ — the grouping loss
-#
-# Section 3's l_g = 0.001 · Σ (S − T)² / (C/512)², where S is the (C, C) channel similarity matrix and T is
-# block-diagonal with `groups` blocks of ones (C/groups channels each). *Hint:* `torch.block_diag`. The
-# checker also asks for the value with every channel alike: the l_g = 254 of section 3.
-
-# %% exercise="grouping_loss"
-def grouping_loss(sim, groups):
-    """S (C,C), G groups -> the scalar l_g."""
-    raise NotImplementedError  # your code here
-
-
-# %%
-exercises.check(grouping_loss)
-
-
-# %% [markdown]
-# ### Exercise 3 ★ — the EMA target
-#
-# Section 6's update after every optimizer step: every parameter of `target` becomes m·target + (1 − m)·online,
-# in place, without building an autograd graph, and without touching `online`. *Hint:* `torch.no_grad()` and
-# `zip(online.parameters(), target.parameters())`.
-
-# %% exercise="ema_update"
-def ema_update(online, target, m):
-    """Move every parameter of the module `target` towards the module `online`: target = m*target + (1-m)*online."""
-    raise NotImplementedError  # your code here
-
-
-# %%
-exercises.check(ema_update)
-
-
-# %% [markdown]
-# ### Exercise 4 ★★ — the distillation loss
-#
-# Section 6's KD(w, t) = T² · KL(softmax(t/T) ‖ softmax(w/T)), averaged over the batch: the teacher t is the
-# first argument of the KL. *Hint:* `F.kl_div` takes the student's *log*-probabilities first; mind its
-# `reduction`. The T² keeps the gradient's size independent of T (Hinton et al.).
-
-# %% exercise="distillation_loss"
-def distillation_loss(w, t, temperature):
-    """Student logits w (B,d), teacher logits t (B,d), temperature T -> the scalar KD loss."""
-    raise NotImplementedError  # your code here
-
-
-# %%
-exercises.check(distillation_loss)
-
-
-# %% [markdown]
-# ### Exercise 5 ★★ — the norm-pix targets
-#
-# Section 5's targets of FaceMAE: cut the images into p×p patches in MAE's order (`simfle.patchify`), then
-# normalise each patch by its own mean and variance: (t − mean) / (var + 1e-6)^½, with the variance of
-# `torch.var` (as MAE). Return the targets and each patch's mean and variance: section 5's reconstruction
-# figure un-normalises the predictions with them.
-
-# %% exercise="norm_pix_targets"
-def norm_pix_targets(imgs, p):
-    """(B,3,H,W) -> targets (B,N,p*p*3), mean (B,N,1), var (B,N,1)."""
-    raise NotImplementedError  # your code here
-
-
-# %%
-exercises.check(norm_pix_targets)
-
-
-# %% [markdown]
-# ### Exercise 6 ★★ — NT-Xent, the loss that learns (SimCLR)
-#
-# Section 8's GFL loss. Stack the two views' projections into 2B rows, normalise each row to unit length (so
-# that dot products are cosines), and divide the (2B, 2B) matrix of cosines by the temperature. Row i's
-# partner, the other view of the same face, is row i + B for the first B rows and row i − B for the others.
-# Each row is a classification among the **2B − 1 other** rows: a view may not pick itself, so the diagonal
-# must drop out of the softmax (set it to −∞, not to 0). The loss is the cross-entropy of picking the partner,
-# averaged over all 2B rows. *Hint:* `F.normalize`, `masked_fill` or `fill_diagonal_`, `F.cross_entropy`.
-# `SimFLE.gfl_loss` calls it with temperature 0.1 (`simclr_temperature`) on the projector's outputs.
-
-# %% exercise="simclr_loss"
-def simclr_loss(z1, z2, temperature):
-    """Projections of view 1 and view 2 (B,d), temperature T -> the scalar NT-Xent loss over the 2B views."""
-    raise NotImplementedError  # your code here
-
-
-# %%
-exercises.check(simclr_loss)
-
-
-# %% [markdown]
-# ### Measurement questions
+# The six exercises that implement a piece of SimFLE sit beside their sections: the grouping loss (section 3),
+# keeping the most activated patches (4), the norm-pix targets (5), the EMA target and the distillation loss (6),
+# and NT-Xent (8). The questions below are of another kind: each is answered by a number read from section 7's log.
 #
 # Answer each from section 7's log, `history` (one dict per step with the keys `L_s`, `L_r`, `alpha*L_d`,
 # `beta*l_g^2`, `l_g`, `total`), by writing the function that computes it; `exercises.check_measurement`
@@ -1268,7 +1288,7 @@ plt.show()
 # ## 14. Train it yourself on real faces
 #
 # Section 13's curve is someone else's run. Here is yours: SimCLR alone on FER2013, with **your NT-Xent** from
-# exercise 6 as its GFL loss (simfle.py's own if you have not written it yet; the cell says which), through
+# exercise 6 (section 8) as its GFL loss (simfle.py's own if you have not written it yet; the cell says which), through
 # `train.py`'s real loop (the tiny preset at width 0.5, views augmented on the device, the cosine schedule), and
 # then `train.py`'s verdict: the linear probe and k-NN of your trunk against both random trunks on FER2013's
 # val split (PublicTest).
@@ -1277,7 +1297,7 @@ plt.show()
 # default `data/fer2013/` of the repository. On Colab, upload it there with the file browser (left bar), or
 # copy it from your Drive; if you have FER2013 as image folders (`train/angry/...`), `python
 # benchmarks/prepare_fer2013.py --from <folder> --out data/fer2013` writes the csv. Without it, this section
-# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **8.2 minutes on
+# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **7.5 minutes on
 # 2 CPU cores** (the outputs below), the verdict included; a GPU is faster (not measured here).
 
 # %%
