@@ -90,7 +90,8 @@ def run_verdict(name, options, seed, out_dir):
     t0 = time.time()
     code = train.main(shlex.split(options) + ["--seed", str(seed), "--out", run_dir, "--overwrite"])
     if code != 0:
-        return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}"}
+        return {"name": name, "options": options, "seed": seed, "error": f"train.py exit {code}",
+                "verdict": True}
     with open(os.path.join(run_dir, "probe_vs_random_synthetic.json")) as f:
         verdict = json.load(f)
     row = {"name": name, "options": options, "seed": seed, "wall_seconds": time.time() - t0,
@@ -216,7 +217,8 @@ def main():
             for seed in args.seeds:
                 if args.probe_size:
                     probed = (f"{name}, probed at {args.probe_size} px", seed)
-                    if probed in done or (name, seed) not in done:
+                    trained = done.get((name, seed), {"verdict": True})
+                    if probed in done or trained.get("verdict"):  # train.py probed a verdict row
                         continue
                     row = run_one(name, options, seed, args.runs, device, args.probe_size,
                                   done[name, seed]["train_seconds"])

@@ -338,7 +338,8 @@ def draw_face(rng, label, n, look="aligned"):
     if look == "wild" and u() < 0.4:  # an occluder (a hand, a cup, a microphone) on the face
         cv.draw_ellipse(u(-0.9, 0.9), u(-0.5, 1.1), u(0.15, 0.45), u(0.15, 0.45),
                         rng.uniform(0, 1, 3) if u() < 0.5 else f.skin * u(0.8, 1.1))
-    # lighting gradient, exposure, sensor noise (wild: harsher)
+    # lighting gradient, exposure, sensor noise (wild: harsher, up to a far corner gone black, as
+    # under a hard side light)
     phi, grad = u(0, 2 * math.pi), u(0, 0.35 if look != "wild" else 0.8)
     light = u(0.75, 1.15) * (1 + grad * (x * math.cos(phi) + y * math.sin(phi)))
     ox, oy = rng.integers(n, size=2)

@@ -5,8 +5,9 @@ mask as controls; and the pictures of semantic masking and FaceMAE (`inspect_ffl
 import torch
 
 import data
+import simfle
 from data_support.layouts import DatasetError
-from simfle import SimFLE, norm_pix_targets, patchify, reconstruction_loss
+from simfle import SimFLE, patchify, reconstruction_loss
 from eval_support.common import loader
 
 
@@ -180,7 +181,8 @@ def reconstruction_pictures(images, pred, mask, p):
     (B,N,p·p·3), mask (B,N) (1 = masked) -> the visible patches and the reconstruction (B,3,H,W)
     with the visible ones pasted in (masked ones de-normalised with the true patch statistics, as
     MAE's figures do), in the images' normalised space; loss: L_r."""
-    target, mean, var = norm_pix_targets(images.float(), p)
+    # looked up on the module, as SimFLE.ffl's is: the tutorial's exercise puts the student's there
+    target, mean, var = simfle.norm_pix_targets(images.float(), p)
     patches, m = patchify(images.float(), p), mask[..., None]  # (B,N,p·p·3), (B,N,1)
     filled = patches * (1 - m) + (pred.float() * (var + 1e-6) ** 0.5 + mean) * m
     return dict(visible=unpatchify(patches * (1 - m), p), reconstruction=unpatchify(filled, p),

@@ -1,6 +1,6 @@
-"""The tutorial's graded exercises (tutorial.ipynb, section 11): every checker in tutorial/exercises.py passes against
-tutorial/solutions.py, fails against the notebook's stubs, and fails against the mistakes students make. In a student
-copy (python tutorial/make.py --student DIR) the solutions file is absent: the tests that need it skip."""
+"""The tutorial's graded exercises (tutorial.ipynb, beside the sections they belong to): every checker in
+tutorial/exercises.py passes against tutorial/solutions.py, fails against the notebook's stubs, and fails against the
+mistakes students make. In a student copy (python tutorial/make.py --student DIR) the solutions file is absent: the tests that need it skip."""
 import importlib.util
 import math
 import os
@@ -82,21 +82,27 @@ def test_checker_fails_against_the_stub(name, capsys):
     assert capsys.readouterr().out.startswith(f"NOT DONE {name}")
 
 
-def nt_xent(z1, z2, temperature, mask_diagonal=True, partner_shift=True, normalise=True, both_ways=True):
+def nt_xent(z1, z2, temperature, mask_diagonal=True, partner_shift=True, normalise=True, both_ways=True,
+            on_inputs_device=True):
     """NT-Xent with one of the usual mistakes switched on (all off: the right loss)."""
     z = torch.cat([z1, z2])
     z = torch.nn.functional.normalize(z, dim=1) if normalise else z
     logits = z @ z.T / temperature
+    device = z.device if on_inputs_device else "cpu"
     if mask_diagonal:
-        logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool), float("-inf"))
+        logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=device), float("-inf"))
     B = len(z1)
     partner = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]) if partner_shift else torch.arange(B).repeat(2)
-    losses = torch.nn.functional.cross_entropy(logits, partner, reduction="none")
+    losses = torch.nn.functional.cross_entropy(logits, partner.to(device), reduction="none")
     return losses.mean() if both_ways else losses[:B].mean()
 
 
 def simclr_right(z1, z2, temperature):  # the test's own NT-Xent: the checker passes it
     return nt_xent(z1, z2, temperature)
+
+
+def simclr_cpu_only(z1, z2, temperature):  # right on the CPU; its mask and labels stay there on a GPU
+    return nt_xent(z1, z2, temperature, on_inputs_device=False)
 
 
 def simclr_diagonal_kept(z1, z2, temperature):  # each view competes with itself
@@ -196,7 +202,7 @@ def norm_pix_no_patchify(imgs, p):  # flattens channels first: not MAE's patch o
     ("norm_pix_targets", norm_pix_std), ("norm_pix_targets", norm_pix_no_patchify),
     ("simclr_loss", simclr_diagonal_kept), ("simclr_loss", simclr_diagonal_zeroed),
     ("simclr_loss", simclr_wrong_partner), ("simclr_loss", simclr_not_normalised), ("simclr_loss", simclr_one_way),
-    ("simclr_loss", simclr_times_temperature),
+    ("simclr_loss", simclr_times_temperature), ("simclr_loss", simclr_cpu_only),
 ])
 def test_checker_fails_against_a_plausible_mistake(name, wrong, capsys):
     if wrong.__name__.startswith(("keep_", "grouping_", "ema_", "distill_")):  # built on the solutions
@@ -370,3 +376,18 @@ def test_use_returns_ema_update_for_the_notebook_to_call(capsys):
     assert exercises.use(STUBS["ema_update"]) is None
     out = capsys.readouterr().out
     assert out.count("NOT DONE") == 1 and "from here on the notebook runs simfle.py's own code" in out
+
+
+def test_use_says_when_simfle_py_holds_a_stub_too(tmp_path, monkeypatch, capsys):
+    """In a copy built with --stub-model, simfle.py's piece is a stub: a stub or a failing answer leaves it there, and
+    use says that the cells needing it stop until the checker passes."""
+    stubbed = builder().stub_functions(open(os.path.join(ROOT, "simfle.py")).read(), ["grouping_loss"], "an exercise")
+    module = module_from(tmp_path / "stubbed_simfle.py", stubbed)
+    cell = module_from(tmp_path / "cell.py", 'def grouping_loss(sim, groups):\n    """S, G -> l_g."""\n'
+                                              '    raise NotImplementedError  # your code here\n')
+    assert exercises.is_stub(module.grouping_loss) and exercises.is_stub(cell.grouping_loss)
+    assert not exercises.is_stub(exercises.LIBRARY["grouping_loss"])
+    monkeypatch.setitem(exercises.LIBRARY, "grouping_loss", module.grouping_loss)
+    monkeypatch.setattr(simfle, "grouping_loss", simfle.grouping_loss)
+    assert exercises.use(STUBS["grouping_loss"]) is None and simfle.grouping_loss is module.grouping_loss
+    assert "a stub too: the cells that need it stop until this checker passes" in capsys.readouterr().out

@@ -45,7 +45,38 @@ def close(got, expected, what, atol=1e-5, rtol=1e-5):
                              f"expected {expected[at]:.6g}")
 
 
-# ----------------------------------------------------------------------------- 1. keep_top_patches (semantic masking)
+# ----------------------------------------------------------------------------- 1. grouping_loss (channel grouping)
+
+
+@case("grouping_loss", "zero when S is the block-diagonal target T (8 channels, 2 groups)")
+def _(fn):
+    ideal = torch.block_diag(torch.ones(4, 4), torch.ones(4, 4))
+    close(fn(ideal, 2), 0.0, "grouping_loss(T, 2)")
+
+
+@case("grouping_loss", "by hand: S = [[1, .5], [.5, 1]], 2 groups -> 0.001 * 0.5 / (2/512)^2 = 32.768")
+def _(fn):
+    close(fn(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), 2), 32.768, "grouping_loss(S, 2)", rtol=1e-6)
+
+
+@case("grouping_loss", "all channels identical (S all ones), 512 channels, 32 groups -> 253.952, the l_g before training")
+def _(fn):
+    close(fn(torch.ones(512, 512), 32), 0.001 * (512 ** 2 - 32 * 16 ** 2), "grouping_loss(ones(512, 512), 32)", rtol=1e-6)
+
+
+@case("grouping_loss", "the same at 1024 channels: the (C/512)^2 divisor makes l_g independent of C")
+def _(fn):
+    close(fn(torch.ones(1024, 1024), 32), 253.952, "grouping_loss(ones(1024, 1024), 32)", rtol=1e-6)
+
+
+@case("grouping_loss", "a gradient flows back to S (it trains the grouping layer)")
+def _(fn):
+    S = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    fn(S, 2).backward()
+    assert S.grad is not None and S.grad.abs().sum() > 0, "no gradient reached S"
+
+
+# ----------------------------------------------------------------------------- 2. keep_top_patches (semantic masking)
 
 
 @case("keep_top_patches", "a 4-patch example: scores [.1, .9, .5, .7], keep 2 -> patches 1 and 3 visible")
@@ -82,38 +113,50 @@ def _(fn):
     close(torch.gather(tokens, 1, ids_restore), scores, "gathering the shuffled scores with ids_restore")
 
 
-# ----------------------------------------------------------------------------- 2. grouping_loss (channel grouping)
+# ----------------------------------------------------------------------------- 3. norm_pix_targets (FaceMAE)
 
 
-@case("grouping_loss", "zero when S is the block-diagonal target T (8 channels, 2 groups)")
+def images(seed, B=2, size=32):
+    return torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@case("norm_pix_targets", "shapes: (2, 3, 32, 32), p = 16 -> targets (2, 4, 768), mean and var (2, 4, 1)")
 def _(fn):
-    ideal = torch.block_diag(torch.ones(4, 4), torch.ones(4, 4))
-    close(fn(ideal, 2), 0.0, "grouping_loss(T, 2)")
+    targets, mean, var = fn(images(0), 16)
+    for x, shape, name in ((targets, (2, 4, 768), "targets"), (mean, (2, 4, 1), "mean"), (var, (2, 4, 1), "var")):
+        assert tuple(x.shape) == shape, f"{name} has shape {tuple(x.shape)}, expected {shape}"
 
 
-@case("grouping_loss", "by hand: S = [[1, .5], [.5, 1]], 2 groups -> 0.001 * 0.5 / (2/512)^2 = 32.768")
+@case("norm_pix_targets", "every patch's target has mean 0 and variance 1")
 def _(fn):
-    close(fn(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), 2), 32.768, "grouping_loss(S, 2)", rtol=1e-6)
+    targets, _, _ = fn(images(1) * 3 + 2, 16)
+    close(targets.mean(-1), torch.zeros(2, 4), "per-patch mean of the targets", atol=1e-4)
+    close(targets.var(-1), torch.ones(2, 4), "per-patch variance of the targets", atol=1e-3)
 
 
-@case("grouping_loss", "all channels identical (S all ones), 512 channels, 32 groups -> 253.952, the l_g before training")
+@case("norm_pix_targets", "targets * sqrt(var + 1e-6) + mean gives back simfle.patchify(imgs, p): patches in MAE's order")
 def _(fn):
-    close(fn(torch.ones(512, 512), 32), 0.001 * (512 ** 2 - 32 * 16 ** 2), "grouping_loss(ones(512, 512), 32)", rtol=1e-6)
+    imgs = images(2)
+    targets, mean, var = fn(imgs, 16)
+    close(targets * (var + 1e-6) ** 0.5 + mean, simfle.patchify(imgs, 16), "un-normalised targets", atol=1e-4)
 
 
-@case("grouping_loss", "the same at 1024 channels: the (C/512)^2 divisor makes l_g independent of C")
+@case("norm_pix_targets", "a flat patch gives targets 0, not NaN (the 1e-6 inside the square root)")
 def _(fn):
-    close(fn(torch.ones(1024, 1024), 32), 253.952, "grouping_loss(ones(1024, 1024), 32)", rtol=1e-6)
+    targets, _, _ = fn(torch.full((1, 3, 16, 16), 0.5), 16)
+    assert torch.isfinite(targets).all(), "a flat patch gives NaN or inf targets"
+    close(targets, torch.zeros(1, 1, 768), "targets of a flat patch", atol=1e-6)
 
 
-@case("grouping_loss", "a gradient flows back to S (it trains the grouping layer)")
+@case("norm_pix_targets", "the 1e-6 is added to the variance, MAE's (t - mean) / (var + 1e-6) ** .5")
 def _(fn):
-    S = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
-    fn(S, 2).backward()
-    assert S.grad is not None and S.grad.abs().sum() > 0, "no gradient reached S"
+    imgs = torch.linspace(0, 1e-3, 16 * 16 * 3).reshape(1, 3, 16, 16)  # a patch of tiny spread: the 1e-6 matters
+    targets, _, _ = fn(imgs, 16)
+    t = simfle.patchify(imgs, 16)
+    close(targets, (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5, "targets", atol=1e-4)
 
 
-# ----------------------------------------------------------------------------- 3. ema_update (the BYOL target)
+# ----------------------------------------------------------------------------- 4. ema_update (the BYOL target)
 
 
 def ema_pair(seed):
@@ -156,7 +199,7 @@ def _(fn):
         "the target needs gradients after the update (use torch.no_grad())"
 
 
-# ----------------------------------------------------------------------------- 4. distillation_loss
+# ----------------------------------------------------------------------------- 5. distillation_loss
 
 
 @case("distillation_loss", "zero when the student equals the teacher")
@@ -190,49 +233,6 @@ def _(fn):
     w, t, T = torch.randn(5, 8, generator=g).requires_grad_(), torch.randn(5, 8, generator=g), 4.0
     fn(w, t, T).backward()
     close(w.grad, T * (torch.softmax(w.detach() / T, 1) - torch.softmax(t / T, 1)) / 5, "the gradient w.r.t. w", atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- 5. norm_pix_targets (FaceMAE)
-
-
-def images(seed, B=2, size=32):
-    return torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-@case("norm_pix_targets", "shapes: (2, 3, 32, 32), p = 16 -> targets (2, 4, 768), mean and var (2, 4, 1)")
-def _(fn):
-    targets, mean, var = fn(images(0), 16)
-    for x, shape, name in ((targets, (2, 4, 768), "targets"), (mean, (2, 4, 1), "mean"), (var, (2, 4, 1), "var")):
-        assert tuple(x.shape) == shape, f"{name} has shape {tuple(x.shape)}, expected {shape}"
-
-
-@case("norm_pix_targets", "every patch's target has mean 0 and variance 1")
-def _(fn):
-    targets, _, _ = fn(images(1) * 3 + 2, 16)
-    close(targets.mean(-1), torch.zeros(2, 4), "per-patch mean of the targets", atol=1e-4)
-    close(targets.var(-1), torch.ones(2, 4), "per-patch variance of the targets", atol=1e-3)
-
-
-@case("norm_pix_targets", "targets * sqrt(var + 1e-6) + mean gives back simfle.patchify(imgs, p): patches in MAE's order")
-def _(fn):
-    imgs = images(2)
-    targets, mean, var = fn(imgs, 16)
-    close(targets * (var + 1e-6) ** 0.5 + mean, simfle.patchify(imgs, 16), "un-normalised targets", atol=1e-4)
-
-
-@case("norm_pix_targets", "a flat patch gives targets 0, not NaN (the 1e-6 inside the square root)")
-def _(fn):
-    targets, _, _ = fn(torch.full((1, 3, 16, 16), 0.5), 16)
-    assert torch.isfinite(targets).all(), "a flat patch gives NaN or inf targets"
-    close(targets, torch.zeros(1, 1, 768), "targets of a flat patch", atol=1e-6)
-
-
-@case("norm_pix_targets", "the 1e-6 is added to the variance, MAE's (t - mean) / (var + 1e-6) ** .5")
-def _(fn):
-    imgs = torch.linspace(0, 1e-3, 16 * 16 * 3).reshape(1, 3, 16, 16)  # a patch of tiny spread: the 1e-6 matters
-    targets, _, _ = fn(imgs, 16)
-    t = simfle.patchify(imgs, 16)
-    close(targets, (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5, "targets", atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- 6. simclr_loss (NT-Xent, the GFL that learns)
@@ -297,6 +297,32 @@ def _(fn):
     assert z1.grad is not None and z2.grad is not None, "no gradient reached one of the views"
     assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0, \
         "the gradient is zero or not finite"
+
+
+# ----------------------------------------------------------------------------- the model's pieces, on any device
+
+# inputs on PyTorch's "meta" device (shapes without data): a tensor made without device=... lands on the CPU and
+# mixing it in fails at once, as it would on Colab's GPU once the notebook's model runs your function
+ON_ANOTHER_DEVICE = {
+    "keep_top_patches": lambda: (torch.rand(2, 49, device="meta"), 12),
+    "grouping_loss": lambda: (torch.rand(64, 64, device="meta"), 4),
+    "distillation_loss": lambda: (torch.rand(3, 8, device="meta"), torch.rand(3, 8, device="meta"), 4.0),
+    "norm_pix_targets": lambda: (torch.rand(2, 3, 32, 32, device="meta"), 16),
+    "simclr_loss": lambda: (torch.rand(4, 8, device="meta"), torch.rand(4, 8, device="meta"), 0.1),
+}
+
+
+def on_another_device(inputs):
+    def test(fn):
+        out = fn(*inputs())
+        for t in out if isinstance(out, tuple) else (out,):
+            assert t.device.type == "meta", f"an output is on {t.device}, not on the inputs' device"
+    return test
+
+
+for _name, _inputs in ON_ANOTHER_DEVICE.items():
+    case(_name, "runs where its inputs are (a GPU on Colab): every tensor it makes needs device=<an input>.device")(
+        on_another_device(_inputs))
 
 
 # ----------------------------------------------------------------------------- running the cases
@@ -365,6 +391,16 @@ def check(fn, name=None):
     return not failed
 
 
+def is_stub(fn):
+    """Whether fn's body (its docstring aside) only raises NotImplementedError."""
+    try:
+        (node,) = ast.parse(textwrap.dedent(inspect.getsource(fn))).body
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return False
+    body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    return len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.unparse(body[0])
+
+
 def use(fn, name=None):
     """check(fn), then: when it passes, fn takes the place of simfle.py's piece of the same name (simfle.<name>,
     which the model calls), so that the cells below run yours; when it does not, simfle.py's own goes back there.
@@ -375,6 +411,8 @@ def use(fn, name=None):
     if name in LIBRARY:
         setattr(simfle, name, fn if passed else LIBRARY[name])
         whose = f"your {name}" if passed else f"simfle.py's own {name} (yours once this checker passes)"
+        if not passed and is_stub(LIBRARY[name]):  # a copy built with --stub-model: simfle.py's is yours to write
+            whose = f"simfle.py's {name}, a stub too: the cells that need it stop until this checker passes"
         print(f"  from here on the model runs {whose}")
     else:
         whose = f"your {name}" if passed else "simfle.py's own code in its place (yours once this checker passes)"

@@ -16,7 +16,8 @@ field are stubs that the student fills in, graded by tutorial/exercises.py, answ
 --student DIR writes the repository's files to DIR without tutorial/solutions.py and without the instructor cells
 (in tutorial.ipynb and in its source); the tests that need the answers skip there. --stub-model also replaces, in
 DIR's simfle.py, the functions the exercises ask for by stubs (for a course where students complete simfle.py
-itself: the notebook's model runs again once they have).
+itself: the notebook's model runs again once they have; its section 3 already calls keep_top_patches and
+norm_pix_targets, whose exercises come in sections 4 and 5).
 """
 import argparse
 import ast

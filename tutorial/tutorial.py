@@ -39,14 +39,15 @@
 # section 14 does, on real faces, when you give it FER2013's file: SimCLR with your own NT-Xent, 4 epochs, a few
 # minutes. The paper's own scale (ResNet-50, 100 epochs, RAF-DB) needs a GPU and hours.
 #
-# **Run it** top to bottom. Measured on 2 CPU cores: about 10 minutes, 7.5 of them section 14's FER2013 run; without
+# **Run it** top to bottom. Measured on 2 CPU cores: about 10 minutes, 7.7 of them section 14's FER2013 run; without
 # FER2013's file (section 14 then skips) about 2.5 minutes. **On Colab**: *Runtime → Change runtime type → T4 GPU*
 # (any GPU; the CPU runtime works too, slower); the first code cell fetches the repository from `REPO_URL`,
 # the one place to set it, and uses the GPU when there is one (it never reinstalls torch). **Locally**:
 # `pip install -r requirements.txt jupyterlab`, then open `tutorial.ipynb` from the repository's folder (or in
 # VS Code); `REPO_URL` is not needed. Six exercises, each graded by a checker, sit beside the sections they belong
 # to: **you** write five functions of `simfle.py` and its EMA update, among them NT-Xent, the loss that learns, and
-# once a checker passes the cells after it run your function; section 11 asks three questions of the training log.
+# once a checker passes the cells after it run your function (in this kernel: section 10's `train.py` runs in a
+# process of its own, with simfle.py's); section 11 asks three questions of the training log.
 
 # %% [markdown] tags=["instructor"]
 # *For instructors*: the answers are in `tutorial/solutions.py`; `python tutorial/make.py --student DIR`
@@ -300,8 +301,10 @@ plt.show()
 # patches stay visible, the EMA formula, the reference values of each loss) against *your* function and prints
 # **PASS**, or each failing case with what it expected and what it got; until you fill a stub in it says **NOT
 # DONE**, and calling `simfle.py`'s own version is not an answer. Once a checker passes, **the cells after it run
-# your function**: the model calls `simfle.<name>`, and the checker puts yours there (it says so). Until then they
-# run `simfle.py`'s own, so the notebook runs top to bottom either way. The stars grade the difficulty.
+# your function**: the model calls `simfle.<name>`, and the checker puts yours there (it says so; the cases include
+# one on another device, so that yours runs on Colab's GPU too). Until then they run `simfle.py`'s own, so the
+# notebook runs top to bottom either way. Section 10's `train.py`, a process of its own, always runs simfle.py's;
+# section 14's runs in this kernel, with yours. The stars grade the difficulty.
 #
 # This one is the l_g above: l_g = 0.001 · Σ (S − T)² / (C/512)², where S is the (C, C) channel similarity matrix
 # and T is block-diagonal with `groups` blocks of ones (C/groups channels each). *Hint:* `torch.block_diag`. The
@@ -691,7 +694,7 @@ del demo
 # The total loss is **L = L_s + L_r + α·L_d + β·L_g** with α = 0.3 and β = 0.03; as in the reference code, the
 # grouping term is l_g² (the model's `grouping` part), so the fourth term is β·l_g². Which of the four terms
 # reach the ResNet? Read `SimFLE.ffl`: the feature map that feeds grouping and masking is taken under
-# `torch.no_grad()`, and argsort (which patches stay visible) has no gradient. The cell below measures it:
+# `torch.no_grad()`, and argsort (which patches stay visible) has no gradient. The cell after exercise 5 measures it:
 # one term at a time (the other weights set to 0), one backward pass, and the size of the gradient that lands
 # in the backbone, the grouping layer and FaceMAE.
 
@@ -1091,7 +1094,8 @@ plt.show()
 # Everything above called the model's pieces by hand. `train.py` is the real run: the cosine schedule, mixed
 # precision on a GPU, checkpoints, a k-NN monitor, and the share of the backbone's gradient each loss term
 # carries (`grad_share_*`, section 12). It writes `config.json`, `metrics.jsonl`, `curves.png` and `last.pt`
-# into its run folder. On a CPU the cell below runs a shortened quick start (32 faces, 2 epochs of 2 steps,
+# into its run folder. It runs as a process of its own, with simfle.py's functions, not the ones your exercises
+# put in this kernel. On a CPU the cell below runs a shortened quick start (32 faces, 2 epochs of 2 steps,
 # under a minute); with a GPU (on Colab: *Runtime → Change runtime type → T4 GPU*) it runs the README's quick start
 # as it is, 2 epochs on 4,000 faces; `python train.py --help` lists every option.
 
@@ -1288,7 +1292,7 @@ plt.show()
 # ## 14. Train it yourself on real faces
 #
 # Section 13's curve is someone else's run. Here is yours: SimCLR alone on FER2013, with **your NT-Xent** from
-# exercise 6 (section 8) as its GFL loss (simfle.py's own if you have not written it yet; the cell says which), through
+# exercise 6 (section 8) as its GFL loss (simfle.py's own until its checker passes; the cell says which), through
 # `train.py`'s real loop (the tiny preset at width 0.5, views augmented on the device, the cosine schedule), and
 # then `train.py`'s verdict: the linear probe and k-NN of your trunk against both random trunks on FER2013's
 # val split (PublicTest).
@@ -1297,7 +1301,7 @@ plt.show()
 # default `data/fer2013/` of the repository. On Colab, upload it there with the file browser (left bar), or
 # copy it from your Drive; if you have FER2013 as image folders (`train/angry/...`), `python
 # benchmarks/prepare_fer2013.py --from <folder> --out data/fer2013` writes the csv. Without it, this section
-# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **7.5 minutes on
+# says so and skips. **The run**: 4 epochs (115k images). Measured when this notebook was built: **7.7 minutes on
 # 2 CPU cores** (the outputs below), the verdict included; a GPU is faster (not measured here).
 
 # %%
@@ -1307,17 +1311,16 @@ real_run = os.path.abspath(os.path.join("runs", "notebook-fer2013"))
 
 
 def nt_xent_for_training():
-    """Your simclr_loss from exercise 6 if you wrote it, else simfle.py's, and which one it is; (None, why) when neither
-    is written (a student copy built with --stub-model)."""
-    z1, z2 = torch.randn(4, 8), torch.randn(4, 8)
-    for loss_fn, whose in ((simclr_loss, "your NT-Xent (exercise 6)"),
-                           (simfle.simclr_loss, "simfle.py's NT-Xent (exercise 6 is not done yet)")):
-        try:
-            loss_fn(z1, z2, 0.1)
-            return loss_fn, whose
-        except NotImplementedError:   # a stub
-            continue
-    return None, "no NT-Xent to train with: exercise 6 is not done and simfle.py's simclr_loss is a stub too"
+    """The NT-Xent the model runs, simfle.simclr_loss: yours once exercise 6's checker passed, else simfle.py's own; and
+    whose it is. (None, why) when that is a stub (a student copy built with --stub-model, exercise 6 not passed)."""
+    loss_fn = simfle.simclr_loss
+    whose = ("your NT-Xent (exercise 6)" if loss_fn is not exercises.LIBRARY["simclr_loss"] else
+             "simfle.py's NT-Xent (exercise 6 has not passed yet)")
+    try:
+        loss_fn(torch.randn(4, 8), torch.randn(4, 8), 0.1)
+    except NotImplementedError:   # a stub
+        return None, "no NT-Xent to train with: exercise 6 has not passed and simfle.py's simclr_loss is a stub too"
+    return loss_fn, whose
 
 
 def train_with_nt_xent(loss_fn, options):
@@ -1379,6 +1382,7 @@ if trained:
 # **better** of the two random trunks on both probes. The outputs shipped with this notebook (2 CPU cores, 4
 # epochs, seed 0, simfle.py's NT-Xent) show it above both: 35.1 % against 33.1 % on the linear probe, 37.1 %
 # against 34.0 % by k-NN, one seed (the random trunk's spread over seeds is 1.5 points on the linear probe). Section
-# 13's table says how the margin grows with more epochs (epoch 14: about 41 % against 33 %). Things to try: `FER2013_EPOCHS` (or `REAL_EPOCHS`) 1 or 8; exercise 6 with a bug
-# (no −∞ on the diagonal) and watch the verdict; `--gfl byol` in `options` (it uses simfle.py's BYOL, not an
-# exercise), which section 13 found no better than a random trunk.
+# 13's table says how the margin grows with more epochs (epoch 14: about 41 % against 33 %). Things to try: `FER2013_EPOCHS` (or `REAL_EPOCHS`) 1 or 8; an NT-Xent with a bug (no −∞ on the
+# diagonal): its checker fails, so the model keeps simfle.py's, but `train_with_nt_xent(simclr_loss, options)` trains
+# with it anyway: watch the verdict; `--gfl byol` in `options` (it uses simfle.py's BYOL, not an exercise), which
+# section 13 found no better than a random trunk.
