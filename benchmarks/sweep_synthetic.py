@@ -37,6 +37,7 @@ import train  # noqa: E402
 from simfle import Backbone, SimFLEConfig  # noqa: E402
 from data_support.synthetic_faces import LOOKS
 from eval_support.common import load_checkpoint, pick_device
+from eval_support.report import VERDICT_KEYS, verdict_margins
 
 
 def probe_val(trunk, args_train, size, seed, device):
@@ -96,11 +97,11 @@ def run_verdict(name, options, seed, out_dir):
         verdict = json.load(f)
     row = {"name": name, "options": options, "seed": seed, "wall_seconds": time.time() - t0,
            "verdict": True}
-    for probe in ("linear", "knn"):
-        accs = {trunk: verdict[trunk][probe]["accuracy"]
-                for trunk in ("pretrained", "random", "random, BN")}
-        row[probe] = accs
-        row[f"{probe}_gain"] = accs["pretrained"] - max(accs["random"], accs["random, BN"])
+    margins = verdict_margins(verdict)
+    for probe, key in VERDICT_KEYS:
+        row[probe] = {trunk: verdict[trunk][probe][key]
+                      for trunk in ("pretrained", "random", "random, BN")}
+        row[f"{probe}_gain"] = margins[probe]
     return row
 
 
@@ -217,11 +218,11 @@ def main():
             for seed in args.seeds:
                 if args.probe_size:
                     probed = (f"{name}, probed at {args.probe_size} px", seed)
-                    trained = done.get((name, seed), {"verdict": True})
-                    if probed in done or trained.get("verdict"):  # train.py probed a verdict row
-                        continue
+                    trained = done.get((name, seed))
+                    if probed in done or trained is None or trained.get("verdict"):
+                        continue  # probed, not trained, or a verdict row (train.py probed it)
                     row = run_one(name, options, seed, args.runs, device, args.probe_size,
-                                  done[name, seed]["train_seconds"])
+                                  trained["train_seconds"])
                 elif (name, seed) in done:
                     continue
                 elif args.verdict:

@@ -83,6 +83,18 @@ def print_report(r, classes, title):
     print(confusion_text(r["confusion"], classes))
 
 
+# the accuracy the verdict reads from each probe's report
+VERDICT_KEYS = (("linear", "last_epoch_accuracy"), ("knn", "accuracy"))
+
+
+def verdict_margins(results):
+    """compare_with_random's results (or its json) -> {probe: the pretrained trunk's accuracy minus
+    the better random trunk's}, as fractions."""
+    return {probe: results["pretrained"][probe][key]
+            - max(results[name][probe][key] for name in ("random", "random, BN"))
+            for probe, key in VERDICT_KEYS}
+
+
 def print_verdict(results, data_name, split, n, epochs, chance):
     """compare_with_random's table and its one-line verdict: the pretrained trunk against the better
     of the two random trunks, by each probe."""
@@ -94,10 +106,7 @@ def print_verdict(results, data_name, split, n, epochs, chance):
               f"(lr {r['linear']['probe_lr']:g}), k-NN {100 * r['knn']['accuracy']:5.2f} %")
     print("  (random, BN: the random trunk with BatchNorm statistics recomputed on the training "
           f"faces); chance {100 * chance:.2f} %")
-    margins = []
-    for probe, key in (("linear", "last_epoch_accuracy"), ("knn", "accuracy")):
-        best = max(results[name][probe][key] for name in ("random", "random, BN"))
-        margins.append(100 * (results["pretrained"][probe][key] - best))
+    margins = [100 * m for m in verdict_margins(results).values()]
     verdict = ("above" if min(margins) > 0 else "below" if max(margins) < 0 else
                "not clearly above")
     print(f"  pretrained − better random trunk: linear {margins[0]:+.2f}, k-NN {margins[1]:+.2f} "
